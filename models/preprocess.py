@@ -1,0 +1,100 @@
+"""Feature inputs: column inference, categorical vocabularies and numeric standardisation.
+
+Fitted on the train split only and saved beside the model as JSON. Encoding is vectorised
+(``np.searchsorted`` on sorted vocabularies), so 1M rows encode in well under a second.
+Categorical code 0 is the OOV slot: ids seen fewer than ``min_count`` times on train, and ids
+never seen, share it (so the model learns one "rare/new" embedding per column).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel
+
+from models.tasks import TaskGraph
+
+NON_FEATURE_COLUMNS = ("impression_id", "event_timestamp")
+
+
+class FeatureColumns(BaseModel):
+    categorical: list[str]
+    numeric: list[str]
+
+
+def infer_feature_columns(df: pd.DataFrame, tasks: TaskGraph) -> FeatureColumns:
+    """Integer columns are categorical (user_id and item_id included), float columns numeric.
+
+    impression_id, event_timestamp and the task label columns are excluded; bool/other dtypes are
+    ignored. Order follows the frame, so the same frame always gives the same layout.
+    """
+    skip = set(NON_FEATURE_COLUMNS) | {t.column for t in tasks.tasks}
+    cat, num = [], []
+    for name, dtype in df.dtypes.items():
+        if name in skip or pd.api.types.is_bool_dtype(dtype):
+            continue
+        if pd.api.types.is_integer_dtype(dtype):
+            cat.append(str(name))
+        elif pd.api.types.is_float_dtype(dtype):
+            num.append(str(name))
+    return FeatureColumns(categorical=cat, numeric=num)
+
+
+class Preprocessor(BaseModel):
+    """Fitted encoders. ``vocab[c]`` is the sorted array of kept ids; code = position + 1, OOV = 0."""
+
+    columns: FeatureColumns
+    min_count: int
+    vocab: dict[str, list[int]]
+    mean: dict[str, float]
+    std: dict[str, float]
+
+    @classmethod
+    def fit(cls, df: pd.DataFrame, columns: FeatureColumns, min_count: int = 2) -> "Preprocessor":
+        vocab: dict[str, list[int]] = {}
+        for c in columns.categorical:
+            ids, counts = np.unique(df[c].to_numpy(np.int64), return_counts=True)  # sorted ids
+            vocab[c] = ids[counts >= min_count].tolist()
+        mean, std = {}, {}
+        for c in columns.numeric:
+            x = df[c].to_numpy(np.float64)
+            m, s = np.nanmean(x) if np.isfinite(x).any() else 0.0, np.nanstd(x) if np.isfinite(x).any() else 1.0
+            mean[c], std[c] = float(m), float(s) if s > 1e-12 else 1.0  # constant column -> scale 1
+        return cls(columns=columns, min_count=min_count, vocab=vocab, mean=mean, std=std)
+
+    @property
+    def cardinalities(self) -> list[int]:
+        """Embedding rows per categorical column (vocabulary + the OOV slot)."""
+        return [len(self.vocab[c]) + 1 for c in self.columns.categorical]
+
+    def encode_categorical(self, df: pd.DataFrame) -> np.ndarray:
+        out = np.zeros((len(df), len(self.columns.categorical)), dtype=np.int64)
+        for j, c in enumerate(self.columns.categorical):
+            v = np.asarray(self.vocab[c], dtype=np.int64)
+            x = df[c].to_numpy(np.int64)
+            if len(v) == 0:
+                continue
+            pos = np.minimum(np.searchsorted(v, x), len(v) - 1)
+            out[:, j] = np.where(v[pos] == x, pos + 1, 0)
+        return out
+
+    def encode_numeric(self, df: pd.DataFrame) -> np.ndarray:
+        cols = self.columns.numeric
+        x = df[cols].to_numpy(np.float64) if cols else np.zeros((len(df), 0))
+        mean = np.array([self.mean[c] for c in cols])
+        std = np.array([self.std[c] for c in cols])
+        z = (x - mean) / std
+        return np.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)  # NaN -> mean
+
+    def encode(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(categorical codes int64 [N, C], standardised numeric float32 [N, F])."""
+        return self.encode_categorical(df), self.encode_numeric(df)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.model_dump_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Preprocessor":
+        return cls.model_validate(json.loads(Path(path).read_text()))
