@@ -1,0 +1,1 @@
+"""Data in: the contract, the generator, feature engineering, the Feast repo, training set, validation."""

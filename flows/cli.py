@@ -1,0 +1,116 @@
+"""`funnelflow`: the one CLI. Each pipeline step is a subcommand; DVC stages call these commands."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from flows import steps
+from flows.params import Params, Paths, load_params
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+features_app = typer.Typer(no_args_is_help=True, help="Feature tables and the Feast repo.")
+app.add_typer(features_app, name="features")
+
+
+class _State:
+    params_path: Optional[Path] = None
+    data_dir: Optional[Path] = None
+
+
+def _ctx() -> tuple[Params, Paths]:
+    params = load_params(_State.params_path)
+    paths = Paths(_State.data_dir.resolve()) if _State.data_dir else Paths.default()
+    return params, paths
+
+
+def _run(step, *args, **kwargs) -> dict:
+    """Run a step; known input errors print their message and exit 1 (no traceback for bad data)."""
+    from features.contract import ContractError
+    from features.validation import ValidationFailed
+
+    params, paths = _ctx()
+    try:
+        out = step(params, paths, *args, **kwargs)
+    except (ContractError, ValidationFailed) as exc:
+        typer.secho(f"{type(exc).__name__}: {exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(1)
+    typer.echo(json.dumps(out, indent=2, default=str))
+    return out
+
+
+@app.callback()
+def main(
+    params: Optional[Path] = typer.Option(None, "--params", help="params.yaml to read (default: the repo's)"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", envvar="FUNNELFLOW_DATA_DIR",
+                                            help="where every step reads and writes (default: ./data)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("funnelflow").setLevel(logging.INFO)
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    _State.params_path, _State.data_dir = params, data_dir
+
+
+@app.command()
+def generate(
+    rows: Optional[int] = typer.Option(None, help="impressions (default: params generate.rows)"),
+    days: Optional[int] = typer.Option(None),
+    seed: Optional[int] = typer.Option(None),
+    out: Optional[Path] = typer.Option(None, help="dataset folder (default: <data>/generated)"),
+    oracle_out: Optional[Path] = typer.Option(None, help="true probabilities (default: <data>/oracle/oracle.parquet)"),
+) -> None:
+    """Write a synthetic funnel dataset in the contract layout (and its oracle, separately)."""
+    params, paths = _ctx()
+    overrides = {k: v for k, v in {"rows": rows, "days": days, "seed": seed}.items() if v is not None}
+    params = params.model_copy(update={"generate": params.generate.model_copy(update=overrides)})
+    typer.echo(json.dumps(steps.generate(params, paths, out, oracle_out), indent=2, default=str))
+
+
+@app.command()
+def ingest(
+    source: Optional[Path] = typer.Argument(None, help="dataset folder (default: params data.source)"),
+    format: Optional[str] = typer.Option(None, "--format", help="funnel (contract layout) or a public layout"),
+) -> None:
+    """Check a dataset against the contract and store it as the raw snapshot."""
+    _run(steps.ingest, source, format)
+
+
+@features_app.command("build")
+def features_build() -> None:
+    """Write the profile and rolling-aggregate tables that the feature views read."""
+    _run(steps.build_features)
+
+
+@features_app.command("apply")
+def features_apply() -> None:
+    """Register entities, feature views and the feature service in the Feast registry."""
+    _run(steps.features_apply)
+
+
+@features_app.command("materialize")
+def features_materialize() -> None:
+    """Load the latest feature values into the online store."""
+    _run(steps.features_materialize)
+
+
+@app.command("training-set")
+def training_set() -> None:
+    """Point-in-time features for every impression (Feast), split by time, with a manifest."""
+    _run(steps.training_set)
+
+
+@app.command()
+def validate() -> None:
+    """Validate the training set with Great Expectations; non-zero exit on failure."""
+    _run(steps.validate)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())
