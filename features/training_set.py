@@ -103,16 +103,26 @@ def build_training_set(data_dir: Path | str, tasks: TaskGraph, feature_cfg: Feat
     joined["event_timestamp"] = joined["event_timestamp"].astype("datetime64[us, UTC]")
     joined = fill_missing(joined, features_dir)
     splits = time_split(joined, split_cfg)
-    return write_splits(splits, out_dir, tasks, feature_cfg, list(_feature_kinds(features_dir)))
+    return write_splits(splits, out_dir, tasks, feature_cfg, declared_schema(imps, features_dir))
+
+
+def declared_schema(impressions: pd.DataFrame, features_dir: Path) -> dict[str, str]:
+    """{column: dtype} the training set must have: the raw impressions' columns (contract-checked) plus
+    each Feast feature by its view type (Int64 -> int64 after filling, Float64 -> float64)."""
+    schema = {c: str(t) for c, t in impressions.dtypes.items()}
+    kinds = _feature_kinds(features_dir)
+    schema.update({c: "int64" if k == "categorical" else "float64" for c, k in kinds.items()})
+    return schema
 
 
 def write_splits(splits: dict[str, pd.DataFrame], out_dir: Path, tasks: TaskGraph,
-                 feature_cfg: FeatureConfig, feast_features: list[str]) -> dict:
+                 feature_cfg: FeatureConfig, schema: dict[str, str]) -> dict:
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     manifest: dict = {"splits": {}, "feature_service": feature_cfg.feature_service,
-                      "feast_features": feast_features, "tasks": [t.model_dump() for t in tasks.tasks]}
+                      "feast_features": [c for c in schema if "__" in c], "schema": schema,
+                      "tasks": [t.model_dump() for t in tasks.tasks]}
     try:
         for name, df in splits.items():
             df.to_parquet(tmp / f"{name}.parquet", index=False, coerce_timestamps="us")
@@ -122,7 +132,6 @@ def write_splits(splits: dict[str, pd.DataFrame], out_dir: Path, tasks: TaskGrap
                 "time_range": [ts.min().isoformat(), ts.max().isoformat()],
                 "label_rates": {t.name: float((df[t.column] > 0).mean()) for t in tasks.tasks},
             }
-        manifest["columns"] = {c: str(t) for c, t in next(iter(splits.values())).dtypes.items()}
         manifest["data_hash"] = _file_hash([tmp / f"{s}.parquet" for s in splits])
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
         if out_dir.exists():

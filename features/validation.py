@@ -70,13 +70,16 @@ def _is_activity(col: str) -> bool:
     return col.startswith(("user_activity__", "item_activity__"))
 
 
-def build_suite(df: pd.DataFrame, tasks: TaskGraph, cfg: ValidationConfig, reference: dict | None):
-    """The expectation list for this frame (a plain list: the caller puts it in a GX suite)."""
+def build_suite(schema: dict[str, str], tasks: TaskGraph, cfg: ValidationConfig, reference: dict | None):
+    """The expectation list for a frame of this declared schema ({column: dtype}), as a plain list."""
     import great_expectations.expectations as gxe
     from great_expectations.expectations.row_conditions import Column
 
-    cats, nums = feature_columns(df, tasks)
+    skip = {"impression_id", "event_timestamp", *tasks.names}
+    cats = [c for c, t in schema.items() if c not in skip and t.startswith("int")]
+    nums = [c for c, t in schema.items() if c not in skip and t.startswith("float")]
     exps = [gxe.ExpectTableRowCountToBeBetween(min_value=1),
+            gxe.ExpectTableColumnsToMatchSet(column_set=list(schema), exact_match=True),
             gxe.ExpectColumnValuesToBeUnique(column="impression_id"),
             gxe.ExpectColumnValuesToNotBeNull(column="event_timestamp")]
     for col in cats:
@@ -101,7 +104,7 @@ def build_suite(df: pd.DataFrame, tasks: TaskGraph, cfg: ValidationConfig, refer
             exps.append(gxe.ExpectColumnValuesToBeBetween(column=t.column, min_value=0, max_value=0,
                                                           row_condition=(Column(t.parent) == 0)))
     for col, stats in (reference or {}).get("means", {}).items():
-        if col in df.columns and (not cfg.drift_features or col in cfg.drift_features):
+        if col in schema and (not cfg.drift_features or col in cfg.drift_features):
             band = cfg.drift_max_shift_std * max(stats["std"], 1e-9)
             exps.append(gxe.ExpectColumnMeanToBeBetween(column=col, min_value=stats["mean"] - band,
                                                         max_value=stats["mean"] + band,
@@ -145,8 +148,12 @@ def reference_stats(df: pd.DataFrame, tasks: TaskGraph) -> dict:
 
 
 def validate_frame(df: pd.DataFrame, tasks: TaskGraph, cfg: ValidationConfig, out_dir: Path | str,
-                   reference: dict | None = None) -> ValidationReport:
-    """Run the suite through a GX checkpoint (which also builds Data Docs under out_dir/data_docs)."""
+                   schema: dict[str, str], reference: dict | None = None) -> ValidationReport:
+    """Run the suite through a GX checkpoint (which also builds Data Docs under out_dir/data_docs).
+
+    ``schema`` is the declared {column: dtype} (the training-set manifest's, from the Feast views'
+    types), never read off ``df`` itself, so a column of the wrong type fails instead of being
+    re-declared."""
     import great_expectations as gx
 
     out_dir = Path(out_dir)
@@ -156,7 +163,7 @@ def validate_frame(df: pd.DataFrame, tasks: TaskGraph, cfg: ValidationConfig, ou
     batch_def = (ctx.data_sources.add_pandas("training_set").add_dataframe_asset("frame")
                  .add_batch_definition_whole_dataframe("whole"))
     suite = ctx.suites.add(gx.ExpectationSuite(name="training_set"))
-    for e in build_suite(df, tasks, cfg, reference):
+    for e in build_suite(schema, tasks, cfg, reference):
         suite.add_expectation(e)
     vd = ctx.validation_definitions.add(gx.ValidationDefinition(name="training_set", data=batch_def, suite=suite))
     cp = ctx.checkpoints.add(gx.Checkpoint(
@@ -180,7 +187,8 @@ def validate_training_set(training_set_dir: Path | str, out_dir: Path | str, tas
                    ignore_index=True)
     ref_path = out_dir / "reference.json"
     reference = json.loads(ref_path.read_text()) if ref_path.exists() else None
-    report = validate_frame(df, tasks, cfg, out_dir, reference)
+    manifest = json.loads((training_set_dir / "manifest.json").read_text())
+    report = validate_frame(df, tasks, cfg, out_dir, manifest["schema"], reference)
     if reference is not None:
         report.drift_reference = reference.get("data_hash", str(ref_path))
     summary = {"success": report.success, "evaluated": report.evaluated, "failed": report.failed,
@@ -188,7 +196,6 @@ def validate_training_set(training_set_dir: Path | str, out_dir: Path | str, tas
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     (out_dir / "summary.md").write_text(report.to_markdown())
     if report.success:
-        manifest = json.loads((training_set_dir / "manifest.json").read_text())
         tmp = ref_path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"data_hash": manifest.get("data_hash"), **reference_stats(df, tasks)}, indent=2))
         os.replace(tmp, ref_path)

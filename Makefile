@@ -1,0 +1,38 @@
+# The two README commands: `make run` (set up, then the whole pipeline on embedded defaults) and
+# `make test` (set up, then every test; .ci/run calls it). Everything installs from this repo's files.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
+
+.PHONY: setup run test test-fast bench clean
+
+setup: $(VENV)/.installed
+
+# torch first, from the pin (a CPU wheel lies on disk here; a GPU host gets the CUDA build), then the
+# lock file (exact versions of everything else, tested together), then this package, editable.
+$(VENV)/.installed: requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=24"
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+run: setup
+	$(VENV)/bin/funnelflow run
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not e2e"
+
+bench: setup
+	$(PY) -m benchmarks.train_throughput
+	$(PY) -m benchmarks.pipeline
+
+clean:
+	rm -rf data runs .pytest_cache

@@ -1,0 +1,104 @@
+"""Every retrieved feature on a sample equals an independent reference built from the raw events with
+``pandas.merge_asof`` / brute force, under the contract's rule: only rows strictly before t."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.training_set import UNKNOWN_ID
+
+pytestmark = pytest.mark.e2e
+SAMPLE = 400
+
+
+@pytest.fixture(scope="module")
+def retrieved(pipeline_data):
+    df = pd.concat([pd.read_parquet(pipeline_data.training_set / f"{s}.parquet")
+                    for s in ("train", "validation", "test")])
+    return df.sample(SAMPLE, random_state=0).sort_values("event_timestamp").reset_index(drop=True)
+
+
+def _strict_asof(left, right, key):
+    right = right.sort_values("event_timestamp")
+    return pd.merge_asof(left[["impression_id", key, "event_timestamp"]], right, on="event_timestamp",
+                         by=key, allow_exact_matches=False).set_index("impression_id")
+
+
+@pytest.mark.parametrize("table,key,view", [("users", "user_id", "user_profile"), ("items", "item_id", "item_profile")])
+def test_profiles_match_strict_asof_reference(pipeline_data, retrieved, table, key, view):
+    raw = pd.read_parquet(pipeline_data.raw / f"{table}.parquet")
+    ref = _strict_asof(retrieved, raw, key).loc[retrieved.impression_id]
+    for col in raw.columns.drop([key, "event_timestamp"]):
+        got = retrieved[f"{view}__{col}"].to_numpy()
+        want = ref[col].to_numpy()
+        if np.issubdtype(raw[col].dtype, np.integer):
+            want = np.where(pd.isna(want), UNKNOWN_ID, want).astype(np.int64)
+            np.testing.assert_array_equal(got, want, err_msg=f"{view}__{col}")
+        else:
+            np.testing.assert_allclose(got, want.astype(float), equal_nan=True, err_msg=f"{view}__{col}")
+
+
+@pytest.mark.parametrize("key,view", [("user_id", "user_activity"), ("item_id", "item_activity")])
+def test_activity_counts_match_brute_force(pipeline_data, retrieved, params, key, view):
+    """Counts over [day(t) - w, day(t)), from raw events, all strictly before t."""
+    events = pd.read_parquet(pipeline_data.raw / "impressions.parquet")
+    by_key = dict(tuple(events.groupby(key)))
+    for w in params.features.windows_days:
+        for _, row in retrieved.iterrows():
+            t = row.event_timestamp
+            hi = t.floor("D")
+            ev = by_key.get(row[key], events.iloc[:0])
+            window = ev[(ev.event_timestamp >= hi - pd.Timedelta(days=w)) & (ev.event_timestamp < hi)]
+            assert (window.event_timestamp < t).all()
+            assert row[f"{view}__impressions_{w}d"] == len(window), (row.impression_id, w)
+            assert row[f"{view}__clicks_{w}d"] == window.click.sum(), (row.impression_id, w)
+            assert row[f"{view}__conversions_{w}d"] == window.conversion.sum(), (row.impression_id, w)
+            assert row[f"{view}__value_sum_{w}d"] == pytest.approx(window.value.sum()), (row.impression_id, w)
+
+
+def test_no_feature_row_later_than_the_impression(pipeline_data, retrieved):
+    """Every retrieved aggregate equals the as-of row of its table with stamp <= t (Feast's rule), and
+    that stamp is the day boundary at or before t: nothing from later rows leaks in."""
+    for view, key in (("user_activity", "user_id"), ("item_activity", "item_id")):
+        table = pd.read_parquet(pipeline_data.features / f"{view}.parquet").sort_values("event_timestamp")
+        ref = pd.merge_asof(retrieved[["impression_id", key, "event_timestamp"]],
+                            table.rename(columns={"event_timestamp": "stamp"}),
+                            left_on="event_timestamp", right_on="stamp", by=key)
+        seen = ref.stamp.notna()
+        assert (ref.stamp[seen] <= ref.event_timestamp[seen]).all()
+        col = "clicks_7d"
+        np.testing.assert_array_equal(retrieved[f"{view}__{col}"][seen.to_numpy()], ref[col][seen])
+
+
+def test_profile_row_stamped_exactly_at_impression_time_is_not_seen(tmp_path, params, small_data):
+    """A snapshot taking effect at exactly t must not be visible to an impression at t."""
+    from features.contract import FunnelDataset, write_dataset
+    from flows import steps
+    from flows.params import Paths
+
+    imps = small_data.impressions.head(2000).copy()
+    users = small_data.users.copy()
+    target = imps.iloc[1500]
+    users = pd.concat([users, pd.DataFrame([{**users[users.user_id == target.user_id].iloc[-1].to_dict(),
+                                             "event_timestamp": target.event_timestamp, "membership": 99}])])
+    write_dataset(FunnelDataset(imps, users.astype({"membership": np.int64}), small_data.items), tmp_path / "src")
+    paths = Paths(tmp_path / "data")
+    steps.ingest(params, paths, source=tmp_path / "src")
+    steps.build_features(params, paths)
+    steps.features_apply(params, paths)
+    steps.training_set(params, paths)
+    df = pd.concat([pd.read_parquet(paths.training_set / f"{s}.parquet") for s in ("train", "validation", "test")])
+    same_user = df[df.user_id == target.user_id].set_index("impression_id")
+    assert same_user.loc[target.impression_id, "user_profile__membership"] != 99
+    later = same_user[same_user.event_timestamp > target.event_timestamp]
+    assert (later["user_profile__membership"] == 99).all()
+
+
+def test_training_set_split_is_by_time_and_manifest_is_complete(pipeline_data, params):
+    import json
+
+    man = json.loads((pipeline_data.training_set / "manifest.json").read_text())
+    tr, va, te = (man["splits"][s] for s in ("train", "validation", "test"))
+    assert tr["time_range"][1] < va["time_range"][0] and va["time_range"][1] < te["time_range"][0]
+    assert tr["rows"] + va["rows"] + te["rows"] == params.generate.rows
+    assert abs(tr["rows"] / params.generate.rows - params.split.train) < 0.01
+    assert len(man["data_hash"]) == 64 and len(man["feast_features"]) > 20

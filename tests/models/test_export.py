@@ -1,0 +1,63 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from models.config import ExportConfig
+from models.export import OnnxScorer, export_onnx
+from models.tasks import DEFAULT_FUNNEL
+from models.train import predict_frame, train_model
+
+from conftest import make_funnel
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from models.config import ModelConfig, TrainConfig
+
+    train, _ = make_funnel(4000, seed=1)
+    valid, _ = make_funnel(1000, seed=2)
+    root = tmp_path_factory.mktemp("export_models")
+    tc = TrainConfig(epochs=1, batch_size=512, lr=0.01, num_threads=2)
+    for name in ["mmoe", "esmm", "aitm", "htlnet"]:
+        value_loss = "lognormal" if name == "htlnet" else "mse_log1p"
+        mc = ModelConfig(name=name, embedding_dim=8, hidden=[32, 16], tower=[16], experts=2, value_loss=value_loss)
+        train_model(train, valid, DEFAULT_FUNNEL, mc, tc, root / name, progress=False)
+    return root
+
+
+@pytest.mark.parametrize("name", ["mmoe", "esmm", "aitm", "htlnet"])
+def test_onnx_parity_and_bundle(trained, tmp_path, name):
+    sample, _ = make_funnel(256, seed=4)
+    score_df, _ = make_funnel(777, seed=5)  # another batch size than the traced one
+    score_df.loc[:10, "user_id"] = 10**9  # unseen ids -> OOV slot on both paths
+    path = export_onnx(trained / name, tmp_path / "bundle", sample, ExportConfig())
+    meta = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
+    assert path.exists() and meta["model"] == name and meta["exporter"] == "dynamo"
+    assert meta["outputs"] == ["p_click", "p_conversion", "p_conversion_given_click", "value_given_conversion", "value_expected"]
+    onnx_preds = OnnxScorer(tmp_path / "bundle").predict(score_df)
+    torch_preds = predict_frame(trained / name, score_df)
+    assert list(onnx_preds.columns) == list(torch_preds.columns)
+    for c in meta["outputs"]:
+        diff = np.abs(onnx_preds[c].to_numpy() - torch_preds[c].to_numpy())
+        scale = np.maximum(1.0, np.abs(torch_preds[c].to_numpy()))  # values: relative, probabilities: absolute
+        assert (diff / scale).max() < 1e-5, (c, diff.max())
+    one = OnnxScorer(tmp_path / "bundle").predict(score_df.iloc[:1])  # batch of one: dynamic axis
+    assert one.shape == (1, 6)
+
+
+def test_failed_parity_leaves_no_bundle(trained, tmp_path):
+    sample, _ = make_funnel(64, seed=4)
+    with pytest.raises(ValueError, match="parity"):
+        export_onnx(trained / "mmoe", tmp_path / "bundle", sample, ExportConfig(parity_atol=1e-30))
+    assert not (tmp_path / "bundle").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_tampered_onnx_is_rejected(trained, tmp_path):
+    sample, _ = make_funnel(64, seed=4)
+    export_onnx(trained / "esmm", tmp_path / "b", sample, ExportConfig())
+    with open(tmp_path / "b" / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ValueError, match="sha256"):
+        OnnxScorer(tmp_path / "b")

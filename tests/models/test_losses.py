@@ -1,0 +1,79 @@
+import math
+
+import pytest
+import torch
+
+from models.config import ModelConfig
+from models.losses import funnel_loss, joint_bce, pwiser_loss
+from models.networks import adjust_gradient
+from models.tasks import TaskGraph, TaskSpec
+
+TWO = TaskGraph(tasks=[TaskSpec(name="click", kind="binary"), TaskSpec(name="conversion", kind="binary", parent="click")])
+
+
+def _joint_out(p_click, p_conv):
+    p_click, p_conv = torch.tensor(p_click), torch.tensor(p_conv)
+    return {"p_click": p_click, "p_conversion": p_conv, "logp_click": p_click.log(), "logp_conversion": p_conv.log(),
+            "logit_click": torch.logit(p_click), "logit_conversion": torch.logit(p_conv / p_click)}
+
+
+def test_pwiser_hand_computed():
+    s = torch.tensor([2.0, 1.0, 0.5, 0.0])
+    pos, mid, neg = (torch.tensor(m) for m in ([1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 1]))
+    # P-C: relu(1.5 - 1) = .5 ; P-N: mean(relu(1.8 - 1.5), relu(1.8 - 2)) = .15
+    got = pwiser_loss(s, pos.bool(), mid.bool(), neg.bool(), 1.5, 1.8)
+    assert got.item() == pytest.approx(0.65)
+    s = torch.tensor([2.0, 1.2, 1.0, 0.0])  # two positives: P-C mean(0, .8) = .4 ; P-N all 0
+    got = pwiser_loss(s, torch.tensor([1, 1, 0, 0]).bool(), torch.tensor([0, 0, 1, 0]).bool(),
+                      torch.tensor([0, 0, 0, 1]).bool(), 1.0, 1.0)
+    assert got.item() == pytest.approx(0.4)
+    empty = torch.zeros(4, dtype=torch.bool)
+    assert pwiser_loss(s, empty, ~empty, ~empty, 1.0, 1.0).item() == 0.0
+
+
+@pytest.mark.parametrize("name,lam", [("tafe", 1.0), ("aitm", 0.6)])
+def test_dependence_loss_hand_computed(name, lam):
+    out = _joint_out([0.5, 0.8], [0.6, 0.2])  # row 0 violates p_conv <= p_click by 0.1
+    labels = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    total, terms = funnel_loss(out, labels, TWO, ModelConfig(name=name, loss="dependence"))
+    bce_click = -(math.log(0.5) + math.log(0.2)) / 2
+    bce_ctcvr = -(math.log(0.6) + math.log(0.8)) / 2
+    assert terms["click"].item() == pytest.approx(bce_click, rel=1e-5)
+    assert terms["conversion"].item() == pytest.approx(bce_ctcvr, rel=1e-5)
+    assert total.item() == pytest.approx(bce_click + bce_ctcvr + lam * 0.05, rel=1e-5)
+    total_ctcvr, _ = funnel_loss(out, labels, TWO, ModelConfig(name=name, loss="ctcvr"))
+    assert total_ctcvr.item() == pytest.approx(bce_click + bce_ctcvr, rel=1e-5)  # ESMM: no penalty
+
+
+def test_bce_is_conditional_on_parent_rows():
+    out = _joint_out([0.5, 0.5, 0.5], [0.25, 0.25, 0.25])  # p(conv | click) = 0.5
+    labels = torch.tensor([[1.0, 1.0], [0.0, 0.0], [1.0, 0.0]])
+    _, terms = funnel_loss(out, labels, TWO, ModelConfig(name="mmoe", loss="bce"))
+    assert terms["conversion"].item() == pytest.approx(math.log(2), rel=1e-6)  # 2 clicked rows only
+    labels_no_click = torch.tensor([[0.0, 0.0]] * 3)
+    _, terms = funnel_loss(out, labels_no_click, TWO, ModelConfig(name="mmoe", loss="bce"))
+    assert terms["conversion"].item() == 0.0
+
+
+def test_joint_bce_stable_for_tiny_probabilities():
+    logp = torch.tensor([-40.0, -1e-9])
+    val = joint_bce(logp, torch.tensor([0.0, 1.0]))
+    assert torch.isfinite(val) and val.item() < 1e-6
+
+
+def test_regression_loss_only_on_parent_rows():
+    tasks = TaskGraph(tasks=[TaskSpec(name="conversion", kind="binary"),
+                             TaskSpec(name="value", kind="regression", parent="conversion")])
+    out = {"logit_conversion": torch.zeros(2), "logp_conversion": torch.full((2,), math.log(0.5)),
+           "mu_value": torch.tensor([math.log1p(3.0), 5.0])}
+    labels = torch.tensor([[1.0, 3.0], [0.0, 0.0]])  # row 1 (not converted) must be ignored
+    _, terms = funnel_loss(out, labels, tasks, ModelConfig(name="mmoe"))
+    assert terms["value"].item() == pytest.approx(0.0, abs=1e-10)
+
+
+def test_htlnet_gradient_adjustment_hand_computed():
+    g = adjust_gradient(torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0]), gamma=0.1, clip=10.0)
+    # conflict -> projected to [.5, .5]; ratio |G_core|/|G_t| = 2; 0.1*2*g + 0.9*g = 1.1*g
+    torch.testing.assert_close(g, torch.tensor([0.55, 0.55]))
+    g = adjust_gradient(torch.tensor([1.0, 0.0]), torch.tensor([100.0, 0.0]), gamma=0.5, clip=10.0)
+    torch.testing.assert_close(g, torch.tensor([5.5, 0.0]))  # no conflict; ratio clipped at 10

@@ -1,0 +1,50 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from models.metrics import average_ranks, evaluate_predictions, gini, logloss, roc_auc
+from models.plots import calibration_bins, roc_points, write_eval_plots
+from models.tasks import DEFAULT_FUNNEL
+
+from conftest import make_funnel
+
+
+def test_auc_with_ties_hand_computed():
+    y = np.array([0, 0, 1, 1, 0, 1])
+    s = np.array([0.1, 0.4, 0.4, 0.8, 0.8, 0.3])
+    # positive-negative pairs: (.4: 1 + .5 + 0) + (.8: 1 + 1 + .5) + (.3: 1 + 0 + 0) = 5 of 9
+    assert roc_auc(y, s) == pytest.approx(5 / 9)
+    assert roc_auc(y, -s) == pytest.approx(4 / 9)
+    assert np.isnan(roc_auc(np.ones(3), np.arange(3)))
+    assert average_ranks(np.array([3.0, 1.0, 3.0])).tolist() == [2.5, 1.0, 2.5]
+
+
+def test_gini_and_logloss():
+    a = np.array([0.0, 0.0, 5.0, 10.0])
+    assert gini(a, a) == pytest.approx(1.0)
+    assert gini(a, np.array([4.0, 3.0, 2.0, 1.0])) < 0  # reversed ranking
+    assert logloss(np.array([1, 0]), np.array([0.5, 0.5])) == pytest.approx(np.log(2))
+
+
+def test_evaluate_predictions_oracle_and_keys(tmp_path):
+    df, oracle = make_funnel(4000, seed=9)
+    m = evaluate_predictions(df, oracle, DEFAULT_FUNNEL, oracle_df=oracle)
+    assert m["click/oracle_gap"] == pytest.approx(0.0) and m["click/auc"] > 0.7
+    for k in ["conversion/auc_given_click", "value/rmse", "value/mae", "value/gini", "value/rmse_given_conversion"]:
+        assert np.isfinite(m[k]), k
+    shuffled = oracle.sample(frac=1.0, random_state=0)  # rows joined on impression_id, not position
+    assert evaluate_predictions(df, shuffled, DEFAULT_FUNNEL)["click/auc"] == pytest.approx(m["click/auc"])
+    const = oracle.assign(p_click=df.click.mean())
+    assert evaluate_predictions(df, const, DEFAULT_FUNNEL)["click/auc"] == pytest.approx(0.5)
+
+
+def test_plots_csv(tmp_path):
+    y = np.array([0, 1, 0, 1])
+    roc = roc_points(y, np.array([0.1, 0.9, 0.2, 0.8]))
+    assert roc.iloc[-1].tolist() == [1.0, 1.0] and (roc.tpr.diff().dropna() >= 0).all()
+    cal = calibration_bins(np.array([0, 0, 1, 1.0]), np.array([0.1, 0.2, 0.7, 0.9]), n_bins=2)
+    assert cal.observed.tolist() == [0.0, 1.0]
+    df, oracle = make_funnel(500, seed=2)
+    files = write_eval_plots(df, oracle, DEFAULT_FUNNEL, tmp_path)
+    assert (tmp_path / "roc_conversion.csv").exists() and all(f.exists() for f in files)
+    assert list(pd.read_csv(tmp_path / "calibration_click.csv").columns) == ["bin", "predicted", "observed", "count"]

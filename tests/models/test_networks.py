@@ -1,0 +1,70 @@
+import pytest
+import torch
+
+from models.config import ModelConfig
+from models.losses import funnel_loss
+from models.networks import MODELS, build_model, chain_outputs, prediction_columns
+from models.preprocess import Preprocessor, infer_feature_columns
+from models.tasks import DEFAULT_FUNNEL
+from models.train import label_matrix
+
+from conftest import INDEPENDENT, make_funnel, make_independent
+
+
+def _batch(df, tasks):
+    pre = Preprocessor.fit(df, infer_feature_columns(df, tasks), 1)
+    cat, num = pre.encode(df)
+    return pre, torch.from_numpy(cat), torch.from_numpy(num), torch.from_numpy(label_matrix(df, tasks))
+
+
+@pytest.mark.parametrize("graph", ["chain", "independent"])
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("value_loss", ["mse_log1p", "lognormal"])
+def test_forward_backward_ranges_and_chaining(name, graph, value_loss):
+    tasks = DEFAULT_FUNNEL if graph == "chain" else INDEPENDENT
+    df = make_funnel(256, seed=5)[0] if graph == "chain" else make_independent(256)
+    pre, cat, num, y = _batch(df, tasks)
+    torch.manual_seed(0)
+    cfg = ModelConfig(name=name, embedding_dim=4, hidden=[16, 8], tower=[8], experts=2, value_loss=value_loss,
+                      pwiser_weight=0.5, dropout=0.1)
+    net = build_model(tasks, pre.cardinalities, num.shape[1], cfg)
+    out = net(cat, num)
+    assert set(prediction_columns(tasks)) <= set(out)
+    for t in tasks.binary:
+        p = out[f"p_{t.name}"]
+        assert p.shape == (256,) and torch.all((p > 0) & (p < 1))
+        if t.parent:
+            assert torch.all(p <= out[f"p_{t.parent}"] + 1e-7)  # chaining rule
+            torch.testing.assert_close(p, out[f"p_{t.parent}"] * out[f"p_{t.name}_given_{t.parent}"])
+    for t in tasks.regression:
+        assert torch.all(out[f"{t.name}_expected"] >= 0)
+    total, terms = funnel_loss(out, y, tasks, cfg)
+    assert torch.isfinite(total) and set(terms) == set(tasks.names)
+    net.backward(terms, total)
+    no_grad = [n for n, p in net.named_parameters() if p.grad is None]
+    # Every parameter learns (HTLNet's custom backward must still reach the embedding table).
+    assert not no_grad, no_grad
+    assert net.input.embedding.weight.grad.abs().sum() > 0
+
+
+def test_chain_outputs_value_expectations():
+    cfg_tasks = DEFAULT_FUNNEL
+    raw = {"logit_click": torch.tensor([0.0]), "logit_conversion": torch.tensor([0.0]),
+           "mu_value": torch.tensor([1.0]), "logsigma_value": torch.log(torch.tensor([0.5]))}
+    ln = chain_outputs(raw, cfg_tasks, "lognormal")
+    torch.testing.assert_close(ln["p_conversion"], torch.tensor([0.25]))
+    torch.testing.assert_close(ln["value_given_conversion"], torch.exp(torch.tensor([1.0 + 0.125])) - 1)
+    torch.testing.assert_close(ln["value_expected"], 0.25 * (torch.exp(torch.tensor([1.125])) - 1))
+    mse = chain_outputs(raw, cfg_tasks, "mse_log1p")
+    torch.testing.assert_close(mse["value_given_conversion"], torch.expm1(torch.tensor([1.0])))
+
+
+def test_htlnet_label_embedding_is_deterministic_in_eval():
+    df = make_funnel(64, seed=1)[0]
+    pre, cat, num, _ = _batch(df, DEFAULT_FUNNEL)
+    net = build_model(DEFAULT_FUNNEL, pre.cardinalities, num.shape[1], ModelConfig(name="htlnet", hidden=[8], tower=[4]))
+    net.eval()
+    a, b = net(cat, num)["p_conversion"], net(cat, num)["p_conversion"]
+    assert torch.equal(a, b)
+    net.train()  # Gumbel noise: two training passes differ
+    assert not torch.equal(net(cat, num)["p_conversion"], net(cat, num)["p_conversion"])

@@ -1,0 +1,90 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from models.metrics import evaluate_predictions, logloss
+from models.tasks import DEFAULT_FUNNEL
+from models.train import CHECKPOINT_FILE, MODEL_FILE, load_model, predict_frame, train_model
+
+from conftest import INDEPENDENT, make_independent
+
+
+def test_training_beats_constant_predictor(funnel_splits, small_cfgs, tmp_path):
+    train, valid, test, oracle = funnel_splits
+    mc, tc = small_cfgs
+    res = train_model(train, valid, DEFAULT_FUNNEL, mc, tc, tmp_path, progress=False)
+    for f in ["model.pt", "preprocess.json", "config.json", "curves.csv", "curves.png", "checkpoint.pt"]:
+        assert (tmp_path / f).exists(), f
+    curves = pd.read_csv(tmp_path / "curves.csv")
+    assert {"epoch", "train_loss", "valid_mean_auc", "valid_click_auc"} <= set(curves.columns)
+    assert len(curves) == tc.epochs and res.best_epoch == int(curves.valid_mean_auc.idxmax())
+    preds = predict_frame(tmp_path, test)
+    assert list(preds.columns) == ["impression_id", "p_click", "p_conversion", "p_conversion_given_click",
+                                   "value_given_conversion", "value_expected"]
+    m = evaluate_predictions(test, preds, DEFAULT_FUNNEL, oracle)
+    for task in ["click", "conversion"]:
+        rate = train[task].mean()
+        const_ll = logloss(test[task].to_numpy(), np.full(len(test), rate))
+        assert m[f"{task}/auc"] > 0.6 and m[f"{task}/logloss"] < const_ll, (task, m)
+    assert m["value/gini"] > 0.3
+
+
+def test_best_checkpoint_is_chosen_on_validation(funnel_splits, small_cfgs, tmp_path):
+    train, valid, _, _ = funnel_splits
+    mc, tc = small_cfgs
+    res = train_model(train, valid, DEFAULT_FUNNEL, mc, tc.model_copy(update={"epochs": 3}), tmp_path, progress=False)
+    best = load_model(tmp_path)
+    m = evaluate_predictions(valid, predict_frame(best, valid), DEFAULT_FUNNEL)
+    assert m["click/auc"] == pytest.approx(res.history[res.best_epoch]["valid_click_auc"], abs=1e-9)
+
+
+def test_same_seed_same_metrics(funnel_splits, small_cfgs, tmp_path):
+    train, valid, _, _ = funnel_splits
+    mc, tc = small_cfgs
+    mc = mc.model_copy(update={"name": "htlnet", "dropout": 0.1})  # Gumbel + dropout: RNG-dependent
+    tc = tc.model_copy(update={"epochs": 1})
+    a = train_model(train, valid, DEFAULT_FUNNEL, mc, tc, tmp_path / "a", progress=False)
+    b = train_model(train, valid, DEFAULT_FUNNEL, mc, tc, tmp_path / "b", progress=False)
+    c = train_model(train, valid, DEFAULT_FUNNEL, mc, tc.model_copy(update={"seed": 99}), tmp_path / "c", progress=False)
+    assert a.valid_metrics == b.valid_metrics
+    assert a.valid_metrics != c.valid_metrics
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_resume_after_crash_matches_uninterrupted(funnel_splits, small_cfgs, tmp_path):
+    train, valid, _, _ = funnel_splits
+    mc, tc = small_cfgs
+    mc = mc.model_copy(update={"name": "htlnet", "dropout": 0.1})
+    tc = tc.model_copy(update={"epochs": 3, "patience": 5})
+    full = train_model(train, valid, DEFAULT_FUNNEL, mc, tc, tmp_path / "full", progress=False)
+
+    def crash(epoch, row):
+        if epoch == 1:
+            raise _Crash
+
+    with pytest.raises(_Crash):
+        train_model(train, valid, DEFAULT_FUNNEL, mc, tc, tmp_path / "resumed", progress=False, on_epoch_end=crash)
+    assert torch.load(tmp_path / "resumed" / CHECKPOINT_FILE, weights_only=False)["epoch"] == 1
+    resumed = train_model(train, valid, DEFAULT_FUNNEL, mc, tc, tmp_path / "resumed", resume=True, progress=False)
+    drop = lambda h: [{k: v for k, v in r.items() if k != "samples_per_sec"} for r in h]  # noqa: E731
+    assert drop(resumed.history) == drop(full.history)
+    sa = torch.load(tmp_path / "full" / MODEL_FILE, weights_only=True)
+    sb = torch.load(tmp_path / "resumed" / MODEL_FILE, weights_only=True)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not list((tmp_path / "resumed").glob("*.tmp"))
+
+
+def test_independent_tasks_train_and_predict(small_cfgs, tmp_path):
+    mc, tc = small_cfgs
+    train, valid = make_independent(3000, seed=1), make_independent(1000, seed=2)
+    res = train_model(train, valid, INDEPENDENT, mc.model_copy(update={"name": "esmm"}), tc, tmp_path, progress=False)
+    preds = predict_frame(tmp_path, valid)
+    assert list(preds.columns) == ["impression_id", "p_income", "p_never_married", "weeks_expected"]
+    assert res.valid_metrics["income/auc"] > 0.6
+    assert json.loads((tmp_path / "config.json").read_text())["tasks"]["tasks"][2]["parent"] is None
