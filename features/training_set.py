@@ -96,7 +96,8 @@ def build_training_set(data_dir: Path | str, tasks: TaskGraph, feature_cfg: Feat
     out_dir = Path(out_dir or data_dir / "training_set")
     features_dir = data_dir / "features"
     imps = pd.read_parquet(data_dir / "raw" / "impressions.parquet")
-    joined = store.historical_features(data_dir, imps, feature_cfg.feature_service)
+    joined = store.historical_features(data_dir, imps, feature_cfg.feature_service,
+                                      feature_cfg.retrieval_chunk_rows)
     if len(joined) != len(imps):
         raise RuntimeError(f"Feast returned {len(joined)} rows for {len(imps)} impressions")
     joined = joined.sort_values("impression_id", kind="stable").reset_index(drop=True)

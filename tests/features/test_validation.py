@@ -45,7 +45,7 @@ BAD = {
     "nulls in a feature": (lambda d: d.assign(**{"item_profile__price": np.where(d.index % 5 == 0, np.nan, d["item_profile__price"])}),
                            ("expect_column_values_to_not_be_null", "item_profile__price")),
     "rate above one": (lambda d: d.assign(**{"user_activity__click_rate_7d": d["user_activity__click_rate_7d"] + 1.0}),
-                       ("expect_column_values_to_be_between", "user_activity__click_rate_7d")),
+                       ("expect_column_max_to_be_between", "user_activity__click_rate_7d")),
     "wrong dtype": (lambda d: d.assign(**{"user_profile__age_band": d["user_profile__age_band"].astype(float)}),
                     ("expect_column_values_to_be_of_type", "user_profile__age_band")),
     "missing column": (lambda d: d.drop(columns=["item_profile__rating"]), ("expect_table_columns_to_match_set", "-")),

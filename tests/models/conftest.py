@@ -83,7 +83,7 @@ def funnel_splits():
 @pytest.fixture
 def small_cfgs():
     mc = ModelConfig(embedding_dim=8, hidden=[32, 16], tower=[16], experts=2)
-    tc = TrainConfig(epochs=2, batch_size=512, lr=0.01, patience=2, seed=3, num_threads=2)
+    tc = TrainConfig(epochs=2, batch_size=512, lr=0.01, patience=2, seed=3, num_threads=1)  # 1 thread: tiny nets, immune to a busy core
     return mc, tc
 
 

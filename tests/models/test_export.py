@@ -19,7 +19,7 @@ def trained(tmp_path_factory):
     train, _ = make_funnel(4000, seed=1)
     valid, _ = make_funnel(1000, seed=2)
     root = tmp_path_factory.mktemp("export_models")
-    tc = TrainConfig(epochs=1, batch_size=512, lr=0.01, num_threads=2)
+    tc = TrainConfig(epochs=1, batch_size=512, lr=0.01, num_threads=1)
     for name in ["mmoe", "esmm", "aitm", "htlnet"]:
         value_loss = "lognormal" if name == "htlnet" else "mse_log1p"
         mc = ModelConfig(name=name, embedding_dim=8, hidden=[32, 16], tower=[16], experts=2, value_loss=value_loss)

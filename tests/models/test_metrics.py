@@ -46,5 +46,5 @@ def test_plots_csv(tmp_path):
     assert cal.observed.tolist() == [0.0, 1.0]
     df, oracle = make_funnel(500, seed=2)
     files = write_eval_plots(df, oracle, DEFAULT_FUNNEL, tmp_path)
-    assert (tmp_path / "roc_conversion.csv").exists() and all(f.exists() for f in files)
+    assert len(files) == 8 and all(f.exists() for f in files) and (tmp_path / "roc_conversion.png").exists()
     assert list(pd.read_csv(tmp_path / "calibration_click.csv").columns) == ["bin", "predicted", "observed", "count"]
