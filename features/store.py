@@ -92,7 +92,9 @@ def historical_features(data_dir: Path | str, entity_df: pd.DataFrame, feature_s
         chunk = entity_df.iloc[start:start + chunk_rows]
         job = store.get_historical_features(entity_df=chunk, features=service, full_feature_names=True)
         parts.append(job.to_arrow())
-    return pa.concat_tables(parts).to_pandas()
+    df = pa.concat_tables(parts).to_pandas()
+    df["event_timestamp"] = df["event_timestamp"].astype("datetime64[us, UTC]")  # the contract's precision
+    return df
 
 
 def online_features(data_dir: Path | str, entity_rows: list[dict], feature_service: str) -> pd.DataFrame:

@@ -101,7 +101,6 @@ def build_training_set(data_dir: Path | str, tasks: TaskGraph, feature_cfg: Feat
     if len(joined) != len(imps):
         raise RuntimeError(f"Feast returned {len(joined)} rows for {len(imps)} impressions")
     joined = joined.sort_values("impression_id", kind="stable").reset_index(drop=True)
-    joined["event_timestamp"] = joined["event_timestamp"].astype("datetime64[us, UTC]")
     joined = fill_missing(joined, features_dir)
     splits = time_split(joined, split_cfg)
     return write_splits(splits, out_dir, tasks, feature_cfg, declared_schema(imps, features_dir))

@@ -33,11 +33,13 @@ def _run(step, *args, **kwargs) -> dict:
     """Run a step; known input errors print their message and exit 1 (no traceback for bad data)."""
     from features.contract import ContractError
     from features.validation import ValidationFailed
+    from flows.gate import GateFailed
+    from flows.registry import RegistryError
 
     params, paths = _ctx()
     try:
         out = step(params, paths, *args, **kwargs)
-    except (ContractError, ValidationFailed) as exc:
+    except (ContractError, ValidationFailed, GateFailed, RegistryError) as exc:
         typer.secho(f"{type(exc).__name__}: {exc}", err=True, fg=typer.colors.RED)
         raise typer.Exit(1)
     typer.echo(json.dumps(out, indent=2, default=str))
@@ -110,6 +112,66 @@ def training_set() -> None:
 def validate() -> None:
     """Validate the training set with Great Expectations; non-zero exit on failure."""
     _run(steps.validate)
+
+
+@app.command()
+def train(resume: bool = typer.Option(False, "--resume", help="continue from the last epoch checkpoint"),
+          progress: bool = typer.Option(True, "--progress/--no-progress")) -> None:
+    """Train the configured multi-task model (GPU when present); early stopping on validation."""
+    _run(steps.train, resume, progress)
+
+
+@app.command()
+def evaluate() -> None:
+    """Test metrics per task (and the champion's on the same rows), ROC and calibration plots."""
+    _run(steps.evaluate)
+
+
+@app.command()
+def gate() -> None:
+    """Per-task thresholds and change bounds vs the champion; writes blessing.json; exit 1 if not blessed."""
+    _run(steps.gate)
+
+
+@app.command()
+def export() -> None:
+    """ONNX bundle of the blessed candidate, parity-checked against torch."""
+    _run(steps.export)
+
+
+@app.command()
+def promote() -> None:
+    """Make the exported bundle the champion (atomic pointer move; earlier versions kept)."""
+    _run(steps.promote)
+
+
+@app.command()
+def rollback(to: Optional[str] = typer.Option(None, help="version to serve (default: the previous one)")) -> None:
+    """Point the champion back at an earlier version."""
+    _run(steps.rollback, to)
+
+
+@app.command()
+def predict(input: Path = typer.Option(..., "--input", help="folder with impressions.parquet (contract layout)"),
+            output: Path = typer.Option(..., "--output", help="predictions Parquet file to write")) -> None:
+    """Score impressions with the champion: Feast point-in-time features + onnxruntime."""
+    _run(steps.predict, input, output)
+
+
+@app.command()
+def run(source: Optional[str] = typer.Option(None, help="dataset folder (default: params data.source)")) -> None:
+    """The whole loop as a Prefect flow: ingest -> features -> training set -> validate -> train ->
+    evaluate -> gate -> export -> promote."""
+    from flows.pipeline import retrain
+
+    _, paths = _ctx()
+    try:
+        result = retrain(params_path=str(_State.params_path) if _State.params_path else None,
+                         data_dir=str(paths.root), source=source)
+    except Exception as exc:  # the flow's failure reason (gate table, validation summary) is the message
+        typer.secho(f"{type(exc).__name__}: {exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(1)
+    typer.echo(json.dumps(result, indent=2, default=str))
 
 
 if __name__ == "__main__":  # pragma: no cover
