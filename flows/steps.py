@@ -77,7 +77,9 @@ def build_features(params: Params, paths: Paths) -> dict:
 def features_apply(params: Params, paths: Paths) -> dict:
     from features import store
 
-    return {"applied": store.apply(paths.root)}
+    summary = {"applied": store.apply(paths.root)}
+    _write_json(paths.root / "feast" / "applied.json", summary)
+    return summary
 
 
 @timed
@@ -85,7 +87,7 @@ def features_materialize(params: Params, paths: Paths) -> dict:
     from features import store
 
     summary = store.materialize(paths.root)
-    (paths.root / "feast" / "materialized.json").write_text(json.dumps(summary, indent=2))
+    _write_json(paths.root / "feast" / "materialized.json", summary)
     return summary
 
 
