@@ -55,7 +55,8 @@ class Preprocessor(BaseModel):
     def fit(cls, df: pd.DataFrame, columns: FeatureColumns, min_count: int = 2) -> "Preprocessor":
         vocab: dict[str, list[int]] = {}
         for c in columns.categorical:
-            ids, counts = np.unique(df[c].to_numpy(np.int64), return_counts=True)  # sorted ids
+            x = df[c].dropna().to_numpy(np.int64)
+            ids, counts = np.unique(x, return_counts=True)  # sorted ids
             vocab[c] = ids[counts >= min_count].tolist()
         mean, std = {}, {}
         for c in columns.numeric:
@@ -73,7 +74,7 @@ class Preprocessor(BaseModel):
         out = np.zeros((len(df), len(self.columns.categorical)), dtype=np.int64)
         for j, c in enumerate(self.columns.categorical):
             v = np.asarray(self.vocab[c], dtype=np.int64)
-            x = df[c].to_numpy(np.int64)
+            x = df[c].to_numpy(np.int64, na_value=-(2**62))  # a missing id (nullable Int64) -> OOV
             if len(v) == 0:
                 continue
             pos = np.minimum(np.searchsorted(v, x), len(v) - 1)

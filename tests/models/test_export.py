@@ -61,3 +61,19 @@ def test_tampered_onnx_is_rejected(trained, tmp_path):
         f.write(b"\0")
     with pytest.raises(ValueError, match="sha256"):
         OnnxScorer(tmp_path / "b")
+
+
+def test_independent_graph_export(tmp_path):
+    from models.config import ModelConfig, TrainConfig
+
+    from conftest import INDEPENDENT, make_independent
+
+    tr, va = make_independent(1500, 1), make_independent(300, 2)
+    mc = ModelConfig(name="ple", embedding_dim=4, hidden=[16, 8], tower=[8], experts=2, value_loss="lognormal")
+    train_model(tr, va, INDEPENDENT, mc, TrainConfig(epochs=1, batch_size=256, num_threads=1), tmp_path / "m", progress=False)
+    export_onnx(tmp_path / "m", tmp_path / "b", va.iloc[:50], ExportConfig())
+    got = OnnxScorer(tmp_path / "b").predict(va)
+    assert list(got.columns) == ["impression_id", "p_income", "p_never_married", "weeks_expected"]
+    ref = predict_frame(tmp_path / "m", va)
+    assert np.max(np.abs(got.p_income - ref.p_income)) < 1e-5
+    assert np.max(np.abs(got.weeks_expected - ref.weeks_expected) / np.maximum(1, ref.weeks_expected)) < 1e-5
