@@ -1,6 +1,6 @@
 """The funnel dataset contract: load a user's dataset, check every rule, store it as the raw snapshot.
 
-The layout is documented in docs/funnel-dataset.md. Any rule broken stops ingestion with a
+The layout is documented in docs/funnel-dataset.md (the public interface). Any rule broken stops ingestion with a
 ``ContractError`` that names the file, the column, the rule and a few offending rows; the raw snapshot
 is written to a temporary folder and swapped in only once complete, so nothing partial is left behind.
 """
