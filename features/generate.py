@@ -94,6 +94,9 @@ def _users(n: int, start, end, rng) -> tuple[pd.DataFrame, dict[str, np.ndarray]
         "age_band": np.clip(np.round(2.5 + lat[:, 0] + noise[:, 0]), 0, 6).astype(np.int64)[keys],
         "gender": (lat[:, 1] + 1.5 * noise[:, 1] > 0).astype(np.int64)[keys],
         "city_tier": np.digitize(spend + 0.7 * noise[:, 2], [-0.6, 0.0, 0.6]).astype(np.int64)[keys],
+        # The latent dimension the user leans to most (noisy): with the item's category, it reveals
+        # part of the user-item affinity that drives clicks.
+        "fav_category": np.argmax(lat[:, :4] + 0.5 * rng.normal(size=(n, 4)), axis=1).astype(np.int64)[keys],
         "membership": membership.astype(np.int64),
         "account_age_days": np.round((ts - created_us[keys]) / 86_400e6, 1),
         "declared_income": np.round(np.exp(3.5 + spend + 0.8 * noise[:, 3]), 2)[keys],
@@ -141,8 +144,10 @@ def generate(rows: int, days: int = 30, seed: int = 7, users: int | None = None,
              items: int | None = None, start: str = "2026-09-01") -> FunnelData:
     """Generate ``rows`` impressions over ``days`` days; deterministic for a given seed."""
     rng = np.random.default_rng(seed)
-    n_users = users or max(200, rows // 20)
-    n_items = items or max(100, rows // 50)
+    # ~100 impressions per user and ~200 per item on average (Zipf around that): enough per id for
+    # id embeddings and activity aggregates to recover part of the latent factors.
+    n_users = users or max(200, rows // 100)
+    n_items = items or max(100, rows // 200)
     t0 = pd.Timestamp(start, tz="UTC")
     t1 = t0 + pd.Timedelta(days=days)
     user_df, U = _users(n_users, t0, t1, rng)
