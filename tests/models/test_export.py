@@ -77,3 +77,24 @@ def test_independent_graph_export(tmp_path):
     ref = predict_frame(tmp_path / "m", va)
     assert np.max(np.abs(got.p_income - ref.p_income)) < 1e-5
     assert np.max(np.abs(got.weeks_expected - ref.weeks_expected) / np.maximum(1, ref.weeks_expected)) < 1e-5
+
+
+def test_fallback_to_legacy_exporter(trained, tmp_path, monkeypatch):
+    import torch
+
+    real = torch.onnx.export
+
+    def dynamo_fails(*args, dynamo=True, **kwargs):
+        if dynamo:
+            raise RuntimeError("simulated dynamo failure")
+        return real(*args, dynamo=False, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", dynamo_fails)
+    sample, _ = make_funnel(64, seed=4)
+    with pytest.warns(UserWarning, match="falling back"):
+        export_onnx(trained / "aitm", tmp_path / "b", sample, ExportConfig())
+    meta = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    assert meta["exporter"] == "torchscript" and "simulated" in meta["fallback_reason"]
+    got = OnnxScorer(tmp_path / "b").predict(sample.iloc[:7])
+    ref = predict_frame(trained / "aitm", sample.iloc[:7])
+    assert np.max(np.abs(got.p_conversion - ref.p_conversion)) < 1e-5

@@ -34,6 +34,10 @@ def test_evaluate_predictions_oracle_and_keys(tmp_path):
         assert np.isfinite(m[k]), k
     shuffled = oracle.sample(frac=1.0, random_state=0)  # rows joined on impression_id, not position
     assert evaluate_predictions(df, shuffled, DEFAULT_FUNNEL)["click/auc"] == pytest.approx(m["click/auc"])
+    half = oracle.iloc[::2]  # an oracle for half of the rows: oracle metrics on those rows only
+    mh = evaluate_predictions(df, oracle, DEFAULT_FUNNEL, oracle_df=half)
+    assert mh["click/oracle_gap"] == pytest.approx(0.0) and mh["click/auc"] == pytest.approx(m["click/auc"])
+    assert mh["click/oracle_auc"] == pytest.approx(roc_auc(df.click.iloc[::2], half.p_click))
     const = oracle.assign(p_click=df.click.mean())
     assert evaluate_predictions(df, const, DEFAULT_FUNNEL)["click/auc"] == pytest.approx(0.5)
 

@@ -68,3 +68,33 @@ def test_htlnet_label_embedding_is_deterministic_in_eval():
     assert torch.equal(a, b)
     net.train()  # Gumbel noise: two training passes differ
     assert not torch.equal(net(cat, num)["p_conversion"], net(cat, num)["p_conversion"])
+
+
+def test_htlnet_backward_composes_gradients(monkeypatch):
+    """With the adjustment replaced by the identity, HTLNet's custom backward must equal plain
+    backprop (no gradient lost or counted twice); with the real adjustment the embedding gradient
+    changes while the towers' gradients do not."""
+    import models.networks as nw
+
+    df = make_funnel(512, seed=3)[0]
+    pre, cat, num, y = _batch(df, DEFAULT_FUNNEL)
+    cfg = ModelConfig(name="htlnet", embedding_dim=4, hidden=[16, 8], tower=[8], htl_gamma=0.5)
+    torch.manual_seed(0)
+    net = build_model(DEFAULT_FUNNEL, pre.cardinalities, num.shape[1], cfg)
+
+    def grads(custom: bool):
+        net.zero_grad(set_to_none=True)
+        net.core = "value" if custom else None  # core None: no leaf split, plain autograd
+        torch.manual_seed(1)  # same Gumbel noise in every pass
+        total, terms = funnel_loss(net(cat, num), y, DEFAULT_FUNNEL, cfg)
+        net.backward(terms, total)
+        return {n: p.grad.clone() for n, p in net.named_parameters()}
+
+    plain = grads(custom=False)
+    adjusted = grads(custom=True)
+    emb = "input.embedding.weight"
+    assert not torch.allclose(adjusted[emb], plain[emb])
+    assert all(torch.allclose(adjusted[n], plain[n]) for n in plain if n != emb)
+    monkeypatch.setattr(nw, "adjust_gradient", lambda g_t, g_core, gamma, clip: g_t)
+    identity = grads(custom=True)
+    assert all(torch.allclose(identity[n], plain[n], atol=1e-6) for n in plain)

@@ -88,3 +88,14 @@ def test_independent_tasks_train_and_predict(small_cfgs, tmp_path):
     assert list(preds.columns) == ["impression_id", "p_income", "p_never_married", "weeks_expected"]
     assert res.valid_metrics["income/auc"] > 0.6
     assert json.loads((tmp_path / "config.json").read_text())["tasks"]["tasks"][2]["parent"] is None
+
+
+def test_early_stopping_on_configured_monitor(funnel_splits, small_cfgs, tmp_path):
+    train, valid, _, _ = funnel_splits
+    mc, tc = small_cfgs
+    # AUC rises epoch over epoch on the planted signal, so with mode "min" epoch 0 stays best and
+    # training must stop after `patience` epochs without improvement.
+    tc = tc.model_copy(update={"epochs": 6, "patience": 1, "monitor": "click/auc", "monitor_mode": "min"})
+    res = train_model(train, valid, DEFAULT_FUNNEL, mc, tc, tmp_path, progress=False)
+    assert res.best_epoch == 0 and len(res.history) == 2
+    assert res.history[1]["valid_click_auc"] > res.history[0]["valid_click_auc"]

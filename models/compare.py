@@ -1,0 +1,66 @@
+"""Model x loss comparison on one set of splits (pure: frames in, DataFrame out; the CLI wires it).
+
+For each model, the losses tried are ``losses`` (default: its paper loss ``auto`` plus ``bce``,
+``ctcvr`` and ``dependence``, deduplicated after resolving ``auto``; the joint losses are skipped for a
+graph without a binary parent/child pair, where they equal ``bce``), plus the PWiseR add-on on the
+paper loss for ``pwiser_models`` (esmm and mmoe by default). Early stopping uses validation only;
+metrics are on test.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from models.config import ModelConfig, TrainConfig
+from models.losses import resolve_loss
+from models.metrics import evaluate_predictions
+from models.networks import MODELS
+from models.tasks import TaskGraph
+from models.train import load_model, predict_frame, train_model
+
+
+def _runs(models: list[str], losses: list[str] | None, tasks: TaskGraph, base: ModelConfig,
+          pwiser_models: tuple[str, ...], pwiser_weight: float) -> list[tuple[str, str, float]]:
+    chain = any(t.kind == "binary" and t.parent for t in tasks.tasks)
+    runs: list[tuple[str, str, float]] = []
+    for name in models:
+        paper = resolve_loss(base.model_copy(update={"name": name, "loss": "auto"}))
+        wanted = losses or [paper, "bce", "ctcvr", "dependence"]
+        resolved: list[str] = []
+        for loss in wanted:
+            loss = paper if loss == "auto" else loss
+            if loss not in resolved and (chain or loss == "bce"):
+                resolved.append(loss)
+        runs += [(name, loss, 0.0) for loss in resolved]
+        if name in pwiser_models and pwiser_weight > 0:
+            runs.append((name, paper, pwiser_weight))
+    return runs
+
+
+def compare_models(
+    train_df: pd.DataFrame, valid_df: pd.DataFrame, test_df: pd.DataFrame, tasks: TaskGraph,
+    base_model_cfg: ModelConfig, train_cfg: TrainConfig, oracle_df: pd.DataFrame | None = None,
+    models: list[str] | None = None, losses: list[str] | None = None,
+    pwiser_models: tuple[str, ...] = ("esmm", "mmoe"), pwiser_weight: float = 0.1,
+    work_dir: str | Path | None = None, progress: bool = False,
+) -> pd.DataFrame:
+    """One row per (model, loss[, +pwiser]): columns model, loss, pwiser_weight, paper_loss,
+    best_epoch, train_seconds, samples_per_sec, then every ``task/metric`` on test (oracle gaps
+    included when ``oracle_df`` is given). Model dirs go to ``work_dir`` (temp dir if None)."""
+    models = models or list(MODELS)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="funnel-compare-") as tmp:
+        root = Path(work_dir) if work_dir else Path(tmp)
+        for name, loss, pw in _runs(models, losses, tasks, base_model_cfg, pwiser_models, pwiser_weight):
+            cfg = base_model_cfg.model_copy(update={"name": name, "loss": loss, "pwiser_weight": pw})
+            run_dir = root / f"{name}__{loss}{'__pwiser' if pw else ''}"
+            res = train_model(train_df, valid_df, tasks, cfg, train_cfg, run_dir, progress=progress)
+            preds = predict_frame(load_model(run_dir), test_df)
+            metrics = evaluate_predictions(test_df, preds, tasks, oracle_df)
+            paper = resolve_loss(cfg.model_copy(update={"loss": "auto"}))
+            rows.append({"model": name, "loss": loss + ("+pwiser" if pw else ""), "pwiser_weight": pw,
+                         "paper_loss": loss == paper, "best_epoch": res.best_epoch,
+                         "train_seconds": res.train_seconds, "samples_per_sec": res.samples_per_sec, **metrics})
+    return pd.DataFrame(rows)

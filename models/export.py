@@ -1,0 +1,160 @@
+"""ONNX export of a trained model directory into a self-describing scoring bundle, and its scorer.
+
+Bundle layout (``bundle_dir``): ``model.onnx``, ``preprocess.json`` (vocabularies + standardisation),
+``bundle.json`` (format version, model name, tasks, feature columns, input/output names, sha256).
+Choice: the ONNX graph takes already-encoded inputs -- ``categorical`` int64 [N, C] vocabulary codes
+and ``numeric`` float32 [N, F] standardised values -- and the id -> code mapping runs in numpy
+(``Preprocessor``), shared bit-for-bit by torch and ONNX scoring. Outputs are named after the
+predictions layout columns. Export uses the dynamo exporter with a dynamic batch axis
+(``torch.export.Dim``); if that fails for a model we retry with the legacy TorchScript exporter and
+record why in bundle.json (``exporter``, ``fallback_reason``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from models.config import ExportConfig
+from models.networks import FunnelNet, prediction_columns
+from models.train import PREPROCESS_FILE, load_model
+from models.preprocess import Preprocessor
+from models.tasks import TaskGraph
+
+FORMAT_VERSION = 1
+ONNX_FILE, BUNDLE_FILE = "model.onnx", "bundle.json"
+INPUT_NAMES = ["categorical", "numeric"]
+
+
+class _OnnxHead(nn.Module):
+    """The network with a tuple output in layout-column order (ONNX outputs are positional)."""
+
+    def __init__(self, net: FunnelNet, names: list[str]):
+        super().__init__()
+        self.net, self.names = net, names
+
+    def forward(self, categorical: Tensor, numeric: Tensor) -> tuple[Tensor, ...]:
+        out = self.net(categorical, numeric)
+        return tuple(out[n] for n in self.names)
+
+
+def _export(module: nn.Module, args: tuple[Tensor, Tensor], path: Path, names: list[str], opset: int) -> tuple[str, str | None]:
+    """Dynamo export with a dynamic batch axis; on failure the legacy exporter. Returns (exporter, reason)."""
+    quiet = logging.getLogger("torch.onnx._internal.exporter._registration")  # "torchvision missing" spam
+    level = quiet.level
+    try:
+        quiet.setLevel(logging.ERROR)
+        batch = torch.export.Dim("batch", min=1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prog = torch.onnx.export(module, args, dynamo=True, input_names=INPUT_NAMES, output_names=names,
+                                     opset_version=opset, dynamic_shapes={"categorical": {0: batch}, "numeric": {0: batch}},
+                                     verbose=False)
+        assert prog is not None
+        prog.save(str(path), external_data=False)
+        return "dynamo", None
+    except Exception as exc:  # noqa: BLE001 -- any exporter failure: legacy path, reason recorded
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        warnings.warn(f"dynamo ONNX export failed ({reason}); falling back to dynamo=False", stacklevel=2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, args, str(path), dynamo=False, input_names=INPUT_NAMES, output_names=names,
+                              opset_version=opset, dynamic_axes={n: {0: "batch"} for n in INPUT_NAMES + names})
+        return "torchscript", reason
+    finally:
+        quiet.setLevel(level)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _session(path: Path, threads: int = 2):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def parity_error(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> float:
+    """max |a - b| / max(1, |a|) over outputs: absolute for probabilities (<= 1), relative for
+    value outputs, whose float32 rounding alone exceeds 1e-5 in absolute terms once values pass ~100."""
+    return max(float(np.max(np.abs(candidate[k] - v) / np.maximum(1.0, np.abs(v)), initial=0.0)) for k, v in reference.items())
+
+
+def export_onnx(model_dir: str | Path, bundle_dir: str | Path, sample_df: pd.DataFrame, cfg: ExportConfig) -> Path:
+    """Export ``model_dir`` (written by ``train_model``) to ``bundle_dir``; returns the ONNX path.
+
+    ``sample_df`` (>= 2 rows) is the held batch for tracing and the parity check. On a parity error
+    above ``cfg.parity_atol`` raise and leave no bundle (everything is written to a temp dir beside
+    ``bundle_dir`` and renamed into place only after the check passes).
+    """
+    m = load_model(model_dir)
+    bundle_dir = Path(bundle_dir)
+    names = prediction_columns(m.tasks)
+    cat_np, num_np = m.preprocessor.encode(sample_df)
+    args = (torch.from_numpy(cat_np), torch.from_numpy(num_np))
+    head = _OnnxHead(m.net, names).eval()
+    bundle_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{bundle_dir.name}.", dir=bundle_dir.parent))
+    try:
+        exporter, reason = _export(head, args, tmp / ONNX_FILE, names, cfg.opset)
+        with torch.inference_mode():
+            ref = {k: v.numpy() for k, v in zip(names, head(*args))}
+        got = dict(zip(names, _session(tmp / ONNX_FILE).run(names, {"categorical": cat_np, "numeric": num_np})))
+        err = parity_error(ref, got)
+        if not err < cfg.parity_atol:
+            raise ValueError(f"ONNX parity check failed: max diff {err:.3g} >= {cfg.parity_atol}")
+        shutil.copy(Path(model_dir) / PREPROCESS_FILE, tmp / PREPROCESS_FILE)
+        meta = {"format_version": FORMAT_VERSION, "model": m.model_cfg.name, "tasks": m.tasks.model_dump(),
+                "feature_columns": m.preprocessor.columns.model_dump(), "inputs": INPUT_NAMES, "outputs": names,
+                "opset": cfg.opset, "exporter": exporter, "fallback_reason": reason, "parity_max_diff": err,
+                "onnx_sha256": _sha256(tmp / ONNX_FILE)}
+        (tmp / BUNDLE_FILE).write_text(json.dumps(meta, indent=2))
+        if bundle_dir.exists():
+            shutil.rmtree(bundle_dir)
+        os.replace(tmp, bundle_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return bundle_dir / ONNX_FILE
+
+
+class OnnxScorer:
+    """Score raw frames with a bundle: numpy encoding + onnxruntime (2 intra-op threads)."""
+
+    def __init__(self, bundle_dir: str | Path, threads: int = 2, verify_sha: bool = True):
+        bundle_dir = Path(bundle_dir)
+        self.meta = json.loads((bundle_dir / BUNDLE_FILE).read_text())
+        if self.meta["format_version"] != FORMAT_VERSION:
+            raise ValueError(f"unsupported bundle format {self.meta['format_version']}")
+        if verify_sha and _sha256(bundle_dir / ONNX_FILE) != self.meta["onnx_sha256"]:
+            raise ValueError("model.onnx does not match bundle.json's sha256")
+        self.tasks = TaskGraph(**self.meta["tasks"])
+        self.preprocessor = Preprocessor.load(bundle_dir / PREPROCESS_FILE)
+        self.outputs: list[str] = self.meta["outputs"]
+        self.session = _session(bundle_dir / ONNX_FILE, threads)
+
+    def predict(self, df: pd.DataFrame) -> pd.DataFrame:
+        """Predictions layout: impression_id + one column per output."""
+        cat, num = self.preprocessor.encode(df)
+        res = self.session.run(self.outputs, {"categorical": cat, "numeric": num})
+        out = pd.DataFrame({"impression_id": df["impression_id"].to_numpy()} if "impression_id" in df else {})
+        for name, arr in zip(self.outputs, res):
+            out[name] = arr.astype(np.float64)
+        return out

@@ -1,0 +1,140 @@
+"""Losses over the task graph, selectable per run (``model.loss``: auto | bce | ctcvr | dependence).
+
+* ``bce``        -- conditional BCE per binary task on the rows where its parent is reached
+                    (roots: all rows). The classic MTL objective (Shared-Bottom/MMoE/PLE/HTLNet).
+* ``ctcvr``      -- ESMM (Ma et al., SIGIR 2018): BCE of each step's JOINT probability
+                    prod_{k<=t} p_k against the joint label over all impressions (for 2 steps:
+                    BCE(click, pCTR) + BCE(click*conv, pCTR*pCVR); generalised to N steps).
+* ``dependence`` -- TAFE's dependence task learning loss (Tao et al. 2301.02494; exact form open,
+                    PAPERS.md reading): ``ctcvr`` + lambda * sum_t mean(relu(p_t - p_parent)) on joint
+                    probabilities. With AITM (Xi et al., KDD 2021) the same penalty is the behavioural
+                    expectation calibrator, lambda = w = 0.6. Note: our networks chain conditional
+                    heads, so in-model joints satisfy p_t <= p_parent exactly and the penalty is 0 there;
+                    it bites for joint probabilities produced any other way (tested on such inputs).
+* PWiseR add-on  -- Durmus et al. 2406.02163, PAPERS.md reading, see ``pwiser_loss``.
+* Regression     -- on log1p(value), only on rows where the parent is reached: MSE (``mse_log1p``)
+                    or the Gaussian NLL of log1p(value) (``lognormal``).
+The per-task terms are returned separately (HTLNet's gradient adjustment needs them).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from models.config import ModelConfig
+from models.networks import MODELS
+from models.tasks import TaskGraph
+
+
+def resolve_loss(cfg: ModelConfig) -> str:
+    """``auto`` -> the model's paper loss."""
+    return MODELS[cfg.name].paper_loss if cfg.loss == "auto" else cfg.loss
+
+
+def penalty_weight(cfg: ModelConfig) -> float:
+    """AITM's calibrator weight for aitm, TAFE's ``dependence_penalty`` for every other model."""
+    return cfg.aitm_calibrator if cfg.name == "aitm" else cfg.dependence_penalty
+
+
+def log1mexp(x: Tensor) -> Tensor:
+    """log(1 - exp(x)) for x <= 0, stable at both ends (Maechler 2012)."""
+    x = x.clamp(max=-1e-7)
+    return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def joint_bce(logp: Tensor, y: Tensor) -> Tensor:
+    """Mean BCE of a probability given as its log (the joint along the chain) vs labels y."""
+    return -(y * logp + (1.0 - y) * log1mexp(logp)).mean()
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def monotonicity_penalty(p_child: Tensor, p_parent: Tensor) -> Tensor:
+    """mean(relu(p_child - p_parent)): a later funnel step may not be likelier than its parent."""
+    return F.relu(p_child - p_parent).mean()
+
+
+def pwiser_loss(score: Tensor, pos: Tensor, mid: Tensor, neg: Tensor, m1: float, m2: float) -> Tensor:
+    """PWiseR (Durmus et al. 2024; PAPERS.md reading), all pairs within the batch, vectorised:
+
+    mean_{i in P, j in C} relu(m1 - (s_i - s_j)) + mean_{i in P, j in N} relu(m2 - (s_i - s_j)).
+    P/C/N are boolean masks (converted / clicked-not-converted / not clicked). An empty group
+    contributes 0. Memory O(|P| * |N|), fine at batch sizes of a few thousand.
+    """
+    s_p = score[pos]
+    total = score.new_zeros(())
+    for group, margin in ((mid, m1), (neg, m2)):
+        s_g = score[group]
+        if s_p.numel() and s_g.numel():
+            total = total + F.relu(margin - (s_p[:, None] - s_g[None, :])).mean()
+    return total
+
+
+def regression_loss(out: dict[str, Tensor], name: str, y: Tensor, mask: Tensor, kind: str) -> Tensor:
+    target = torch.log1p(y.clamp(min=0.0))
+    mu = out[f"mu_{name}"].float()
+    if kind == "lognormal":
+        log_sigma = out[f"logsigma_{name}"].float()
+        nll = 0.5 * ((target - mu) * torch.exp(-log_sigma)) ** 2 + log_sigma
+        return masked_mean(nll, mask)
+    return masked_mean((target - mu) ** 2, mask)
+
+
+def joint_labels(labels: Tensor, tasks: TaskGraph) -> dict[str, Tensor]:
+    """Label that the step was reached from the impression: y_t * y_parent_joint (binary tasks)."""
+    joint: dict[str, Tensor] = {}
+    for i, t in enumerate(tasks.tasks):
+        if t.kind == "binary":
+            y = labels[:, i]
+            joint[t.name] = y * joint[t.parent] if t.parent else y
+    return joint
+
+
+def pwiser_groups(labels: Tensor, tasks: TaskGraph) -> tuple[str, Tensor, Tensor, Tensor] | None:
+    """Which task is scored and its (P, C, N) masks: the first binary task with a binary parent
+    (P: child=1, C: parent=1 & child=0, N: parent=0; score = log p_child joint, i.e. log CTCVR);
+    else the first binary root (P: y=1, N: y=0, no C)."""
+    joint = joint_labels(labels, tasks)
+    for t in tasks.binary:
+        if t.parent:
+            yc, yp = joint[t.name] > 0.5, joint[t.parent] > 0.5
+            return t.name, yc, yp & ~yc, ~yp
+    if tasks.binary:
+        t = tasks.binary[0]
+        y = joint[t.name] > 0.5
+        return t.name, y, torch.zeros_like(y), ~y
+    return None
+
+
+def funnel_loss(
+    out: dict[str, Tensor], labels: Tensor, tasks: TaskGraph, cfg: ModelConfig
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Total loss and its per-task terms. ``labels`` is [N, T] float in task order (value for regression)."""
+    loss_name = resolve_loss(cfg)
+    joint = joint_labels(labels, tasks)
+    terms: dict[str, Tensor] = {}
+    extra = labels.new_zeros(())
+    for i, t in enumerate(tasks.tasks):
+        reached = joint[t.parent] if t.parent else torch.ones_like(labels[:, i])
+        if t.kind == "regression":
+            terms[t.name] = regression_loss(out, t.name, labels[:, i], reached, cfg.value_loss)
+        elif loss_name == "bce":
+            bce = F.binary_cross_entropy_with_logits(out[f"logit_{t.name}"].float(), labels[:, i], reduction="none")
+            terms[t.name] = masked_mean(bce, reached)
+        else:  # ctcvr / dependence: the joint over all impressions
+            terms[t.name] = joint_bce(out[f"logp_{t.name}"], joint[t.name])
+            if loss_name == "dependence" and t.parent:
+                extra = extra + penalty_weight(cfg) * monotonicity_penalty(out[f"p_{t.name}"], out[f"p_{t.parent}"])
+    if cfg.pwiser_weight > 0:
+        groups = pwiser_groups(labels, tasks)
+        if groups is not None:
+            name, pos, mid, neg = groups
+            m1, m2 = cfg.pwiser_margins
+            extra = extra + cfg.pwiser_weight * pwiser_loss(out[f"logp_{name}"], pos, mid, neg, m1, m2)
+    total = sum(terms.values()) + extra
+    return total, terms
