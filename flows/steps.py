@@ -313,7 +313,8 @@ def predict(params: Params, paths: Paths, input_dir: Path, output: Path) -> dict
     for col in ("impression_id", "user_id", "item_id", "event_timestamp"):
         if col not in imps.columns:
             raise ContractError(str(path), col, "required column is missing")
-    imps = imps.drop(columns=[c for c in params.task_graph.names if c in imps.columns])
+    # Labels are not needed to score; `<view>__<feature>` columns would clash with Feast's own.
+    imps = imps.drop(columns=[c for c in imps.columns if c in params.task_graph.names or "__" in c])
     feats = store.historical_features(paths.root, imps, params.features.feature_service,
                                       params.features.retrieval_chunk_rows)
     feats = fill_missing(feats.sort_values("impression_id").reset_index(drop=True), paths.features)

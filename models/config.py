@@ -33,6 +33,7 @@ class ModelConfig(_Strict):
     loss: LossName = "auto"
     value_loss: Literal["mse_log1p", "lognormal"] = "mse_log1p"
     pwiser_weight: float = Field(0.0, ge=0.0)
+    regression_weight: float = Field(0.1, ge=0.0)  # weight of each regression task's loss in the total
     min_count: int = Field(2, ge=1)
     # --- open choices of the papers (defaults documented where used) ---
     pwiser_margins: tuple[float, float] = (1.0, 1.0)  # (m1: P over C, m2: P over N), log-prob scale

@@ -122,7 +122,9 @@ def funnel_loss(
     for i, t in enumerate(tasks.tasks):
         reached = joint[t.parent] if t.parent else torch.ones_like(labels[:, i])
         if t.kind == "regression":
-            terms[t.name] = regression_loss(out, t.name, labels[:, i], reached, cfg.value_loss)
+            # Down-weighted: a log-scale MSE on a few percent of rows is ~10x the classifiers' BCE and
+            # otherwise swamps the shared layers (the imbalance HTLNet's gradient adjustment targets).
+            terms[t.name] = cfg.regression_weight * regression_loss(out, t.name, labels[:, i], reached, cfg.value_loss)
         elif loss_name == "bce":
             bce = F.binary_cross_entropy_with_logits(out[f"logit_{t.name}"].float(), labels[:, i], reduction="none")
             terms[t.name] = masked_mean(bce, reached)

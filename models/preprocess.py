@@ -50,6 +50,9 @@ class Preprocessor(BaseModel):
     vocab: dict[str, list[int]]
     mean: dict[str, float]
     std: dict[str, float]
+    # Non-negative columns on train (counts, sums, prices) are log1p'd before standardising: their
+    # heavy tails otherwise give z-scores in the hundreds that dominate the first layer.
+    log1p: list[str] = []
 
     @classmethod
     def fit(cls, df: pd.DataFrame, columns: FeatureColumns, min_count: int = 2) -> "Preprocessor":
@@ -58,12 +61,15 @@ class Preprocessor(BaseModel):
             x = df[c].dropna().to_numpy(np.int64)
             ids, counts = np.unique(x, return_counts=True)  # sorted ids
             vocab[c] = ids[counts >= min_count].tolist()
-        mean, std = {}, {}
+        mean, std, logged = {}, {}, []
         for c in columns.numeric:
             x = df[c].to_numpy(np.float64)
+            if np.isfinite(x).any() and np.nanmin(x) >= 0:
+                logged.append(c)
+                x = np.log1p(x)
             m, s = np.nanmean(x) if np.isfinite(x).any() else 0.0, np.nanstd(x) if np.isfinite(x).any() else 1.0
             mean[c], std[c] = float(m), float(s) if s > 1e-12 else 1.0  # constant column -> scale 1
-        return cls(columns=columns, min_count=min_count, vocab=vocab, mean=mean, std=std)
+        return cls(columns=columns, min_count=min_count, vocab=vocab, mean=mean, std=std, log1p=logged)
 
     @property
     def cardinalities(self) -> list[int]:
@@ -86,6 +92,9 @@ class Preprocessor(BaseModel):
         x = df[cols].to_numpy(np.float64) if cols else np.zeros((len(df), 0))
         mean = np.array([self.mean[c] for c in cols])
         std = np.array([self.std[c] for c in cols])
+        logged = np.array([c in self.log1p for c in cols], dtype=bool)
+        if logged.any():  # clip at 0 first: a negative value never seen on train must not give NaN
+            x[:, logged] = np.log1p(np.maximum(x[:, logged], 0.0))
         z = (x - mean) / std
         return np.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)  # NaN -> mean
 
