@@ -113,6 +113,11 @@ def trigger(parameters: dict | None = None, timeout: float = 900) -> dict:
 
 
 def _alive(pid: int) -> bool:
+    try:  # reap it if it is this process's child (a zombie still answers kill 0)
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

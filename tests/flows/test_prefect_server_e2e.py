@@ -21,10 +21,9 @@ def test_deploy_trigger_and_stop(tmp_path, fast_params, monkeypatch):
     try:
         out = lp.deploy()
         assert "daily-retrain" in out
-        deployments = lp._prefect("deployment", "ls").stdout
-        assert "funnelflow-retrain/daily-retrain" in deployments
-        schedule = lp._prefect("deployment", "inspect", lp.DEPLOYMENT).stdout
-        assert "0 3 * * *" in schedule
+        inspected = lp._prefect("deployment", "inspect", lp.DEPLOYMENT).stdout
+        assert "'daily-retrain'" in inspected and "funnelflow-process" in inspected
+        assert "0 3 * * *" in inspected  # the daily cron schedule
         # Trigger from a separate process (as a user would), so this process's Prefect settings stay put.
         res = subprocess.run([sys.executable, "-m", "infra.local_prefect", "trigger", "--param", f"params_path={params}",
                               "--param", f"data_dir={tmp_path / 'data'}"], env=lp.env(), cwd=lp.REPO,
@@ -36,5 +35,6 @@ def test_deploy_trigger_and_stop(tmp_path, fast_params, monkeypatch):
     finally:
         stopped = lp.stop()
     for pid in (stopped["server_pid"], stopped["worker_pid"]):
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
+        assert not lp._alive(pid)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(stopped["server_pid"], 0)  # nothing of the server's process group is left
