@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export PREFECT_LOGGING_LEVEL ?= WARNING
 
 .PHONY: setup run test test-fast bench clean
 

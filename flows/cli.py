@@ -174,5 +174,60 @@ def run(source: Optional[str] = typer.Option(None, help="dataset folder (default
     typer.echo(json.dumps(result, indent=2, default=str))
 
 
+@app.command()
+def compare(
+    models: Optional[list[str]] = typer.Option(None, "--model", help="repeatable; default: every model"),
+    losses: Optional[list[str]] = typer.Option(None, "--loss", help="repeatable; default: each applicable"),
+    epochs: Optional[int] = typer.Option(None, help="default: params train.epochs"),
+    out: Optional[Path] = typer.Option(None, help="table folder (default: <data>/compare)"),
+) -> None:
+    """Train every model (with each applicable loss) on the current training set and the same seed;
+    print per-task test metrics, oracle gaps, training time and samples/s."""
+    from models.compare import compare_models
+
+    params, paths = _ctx()
+    train = params.train if epochs is None else params.train.model_copy(update={"epochs": epochs})
+    tr, va, te = steps._splits(paths, "train", "validation", "test")
+    table = compare_models(tr, va, te, params.task_graph, params.model, train,
+                           oracle_df=steps._oracle(paths, te["impression_id"]), models=models, losses=losses,
+                           progress=True)
+    out = out or paths.root / "compare"
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "compare.csv", index=False)
+    md = table.to_markdown(index=False, floatfmt=".4f") if _has_tabulate() else table.to_string(index=False)
+    (out / "compare.md").write_text(md)
+    typer.echo(md)
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@app.command()
+def benchmark(
+    dataset: str = typer.Argument(..., help="census"),
+    source: Optional[Path] = typer.Option(None, help="default: benchmarks/data/census-income-1994.csv.gz"),
+    work_dir: Optional[Path] = typer.Option(None, help="default: <data>/benchmark-census"),
+    models: Optional[list[str]] = typer.Option(None, "--model"),
+    seeds: list[int] = typer.Option([1, 2, 3], "--seed"),
+    epochs: int = typer.Option(3),
+) -> None:
+    """Real-data benchmark: every model through the full pipeline on the census sample, 3 seeds."""
+    from flows.benchmark import benchmark_census, format_table
+    from flows.params import REPO_ROOT
+
+    if dataset != "census":
+        raise typer.BadParameter(f"unknown benchmark {dataset!r} (known: census)")
+    _, paths = _ctx()
+    source = source or REPO_ROOT / "benchmarks" / "data" / "census-income-1994.csv.gz"
+    table = benchmark_census(source, work_dir or paths.root / "benchmark-census", models, tuple(seeds), epochs,
+                             _State.params_path)
+    typer.echo(format_table(table))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())
