@@ -17,13 +17,14 @@ def test_infer_feature_columns_excludes_ids_time_and_labels():
 
 
 def test_oov_rare_and_unseen_ids_share_slot_zero(tmp_path):
-    train = pd.DataFrame({"c": np.array([1, 1, 2, 3, 3, 3], dtype=np.int64), "x": [1.0, 2, 3, 4, 5, np.nan]})
+    # x has a negative value on train, so it is only standardised (no log1p)
+    train = pd.DataFrame({"c": np.array([1, 1, 2, 3, 3, 3], dtype=np.int64), "x": [-1.0, 0, 1, 2, 3, np.nan]})
     pre = Preprocessor.fit(train, FeatureColumns(categorical=["c"], numeric=["x"]), min_count=2)
     assert pre.vocab["c"] == [1, 3] and pre.cardinalities == [3]
-    test = pd.DataFrame({"c": np.array([1, 2, 3, 4, -5, 10**12], dtype=np.int64), "x": [3.0, np.nan, 1, 5, 3, 3]})
+    test = pd.DataFrame({"c": np.array([1, 2, 3, 4, -5, 10**12], dtype=np.int64), "x": [1.0, np.nan, -1, 3, 1, 1]})
     cat, num = pre.encode(test)
     assert cat[:, 0].tolist() == [1, 0, 2, 0, 0, 0]  # 2: rare on train; 4, -5, 1e12: unseen
-    # standardised with train stats (mean 3, std sqrt(2)); NaN -> 0 after standardising
+    # standardised with train stats (mean 1, std sqrt(2)); NaN -> 0 after standardising
     np.testing.assert_allclose(num[:, 0], [0, 0, -2 / np.sqrt(2), 2 / np.sqrt(2), 0, 0], atol=1e-6)
     pre.save(tmp_path / "p.json")
     cat2, num2 = Preprocessor.load(tmp_path / "p.json").encode(test)
@@ -40,3 +41,15 @@ def test_encoding_is_vectorised_fast():
     cat, _ = pre.encode(df)
     assert time.perf_counter() - t0 < 3.0  # ~0.3 s here; per-row Python would take minutes
     assert cat.min() >= 0 and cat.max() < max(pre.cardinalities)
+
+
+def test_non_negative_columns_are_log1p_then_standardised():
+    train = pd.DataFrame({"x": [0.0, 9.0, 99.0, 999.0], "y": [-1.0, 0.0, 1.0, 2.0]})
+    pre = Preprocessor.fit(train, FeatureColumns(categorical=[], numeric=["x", "y"]))
+    assert pre.log1p == ["x"]
+    logs = np.log1p(train["x"].to_numpy())
+    _, num = pre.encode(pd.DataFrame({"x": [99.0, -5.0], "y": [0.5, 0.5]}))
+    np.testing.assert_allclose(num[0, 0], (np.log(100) - logs.mean()) / logs.std(), atol=1e-5)
+    # a negative value never seen on train is clipped to 0 before log1p, not turned into NaN
+    np.testing.assert_allclose(num[1, 0], (0 - logs.mean()) / logs.std(), atol=1e-5)
+    np.testing.assert_allclose(num[:, 1], [0.0, 0.0], atol=1e-6)
