@@ -23,6 +23,6 @@ def fresh_data(pipeline_data, tmp_path, params):
 def fast_params(params):
     """Small, quick training for end-to-end tests."""
     return params.model_copy(update={
-        "train": params.train.model_copy(update={"epochs": 3, "batch_size": 256}),
+        "train": params.train.model_copy(update={"epochs": 3, "batch_size": 256, "lr": 0.002}),
         "model": params.model.model_copy(update={"hidden": [64, 32], "tower": [32]}),
     })
