@@ -56,6 +56,7 @@ def main(argv=None) -> None:
         p = yaml.safe_load((REPO / "params.yaml").read_text())
         p["generate"]["rows"] = rows
         p["train"]["epochs"] = a.epochs
+        p["gate"] = {"absolute": [], "change": []}  # this measures cost, not quality: always promote
         params = work / f"params-{rows}.yaml"
         params.parent.mkdir(parents=True, exist_ok=True)
         params.write_text(yaml.safe_dump(p, sort_keys=False))
