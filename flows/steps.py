@@ -139,7 +139,7 @@ def train(params: Params, paths: Paths, resume: bool = False, progress: bool = T
     return summary
 
 
-def _oracle(paths: Paths, ids) -> "object | None":
+def _oracle(paths: Paths, ids) -> "pd.DataFrame | None":
     """The generator's true probabilities for these impressions, when the data came from it."""
     import pandas as pd
 
