@@ -194,17 +194,9 @@ def compare(
     out = out or paths.root / "compare"
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "compare.csv", index=False)
-    md = table.to_markdown(index=False, floatfmt=".4f") if _has_tabulate() else table.to_string(index=False)
+    md = table.to_markdown(index=False, floatfmt=".4f")
     (out / "compare.md").write_text(md)
     typer.echo(md)
-
-
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 @app.command()
