@@ -89,6 +89,19 @@ def _file_hash(paths: list[Path]) -> str:
     return h.hexdigest()
 
 
+def point_in_time_features(data_dir: Path | str, impressions: pd.DataFrame,
+                           feature_cfg: FeatureConfig) -> pd.DataFrame:
+    """Feast's point-in-time join on every impression, sorted by impression_id, missing history
+    filled (see fill_missing). Training and batch scoring both read features through here."""
+    data_dir = Path(data_dir)
+    joined = store.historical_features(data_dir, impressions, feature_cfg.feature_service,
+                                      feature_cfg.retrieval_chunk_rows)
+    if len(joined) != len(impressions):
+        raise RuntimeError(f"Feast returned {len(joined)} rows for {len(impressions)} impressions")
+    joined = joined.sort_values("impression_id", kind="stable").reset_index(drop=True)
+    return fill_missing(joined, data_dir / "features")
+
+
 def build_training_set(data_dir: Path | str, tasks: TaskGraph, feature_cfg: FeatureConfig,
                        split_cfg: SplitConfig, out_dir: Path | str | None = None) -> dict:
     """Retrieve, fill, split and write train/validation/test Parquet files plus manifest.json."""
@@ -96,12 +109,7 @@ def build_training_set(data_dir: Path | str, tasks: TaskGraph, feature_cfg: Feat
     out_dir = Path(out_dir or data_dir / "training_set")
     features_dir = data_dir / "features"
     imps = pd.read_parquet(data_dir / "raw" / "impressions.parquet")
-    joined = store.historical_features(data_dir, imps, feature_cfg.feature_service,
-                                      feature_cfg.retrieval_chunk_rows)
-    if len(joined) != len(imps):
-        raise RuntimeError(f"Feast returned {len(joined)} rows for {len(imps)} impressions")
-    joined = joined.sort_values("impression_id", kind="stable").reset_index(drop=True)
-    joined = fill_missing(joined, features_dir)
+    joined = point_in_time_features(data_dir, imps, feature_cfg)
     splits = time_split(joined, split_cfg)
     return write_splits(splits, out_dir, tasks, feature_cfg, declared_schema(imps, features_dir))
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from flows.params import Bound, ChangeBound, GateConfig
+from flows.registry import write_json_atomic
 
 
 class GateFailed(RuntimeError):
@@ -87,9 +87,7 @@ def to_markdown(blessing: dict) -> str:
 
 def write_blessing(blessing: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(blessing, indent=2))
-    os.replace(tmp, path)
+    write_json_atomic(path, blessing)
 
 
 def require_blessed(path: Path) -> dict:

@@ -40,10 +40,11 @@ def git_commit(repo: Path) -> str | None:
     return out.stdout.strip() + ("-dirty" if dirty else "")
 
 
-def _atomic_json(path: Path, obj: dict) -> None:
+def write_json_atomic(path: Path, obj: dict) -> None:
+    """Write JSON to a temp file beside ``path``, fsync, then os.replace: readers see old or new, never half."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
+        json.dump(obj, f, indent=2, default=float)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -88,7 +89,7 @@ class Registry:
     def _set_pointer(self, version: str, event: str, extra: dict | None = None) -> dict:
         ptr = {"version": version, "path": str(self.versions / version), "event": event,
                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(extra or {})}
-        _atomic_json(self.root / POINTER, ptr)
+        write_json_atomic(self.root / POINTER, ptr)
         self._log(ptr)
         return ptr
 
@@ -107,7 +108,7 @@ class Registry:
             for name, src in records.items():
                 shutil.copy2(src, staging / name)
             previous = self.champion()
-            _atomic_json(staging / "release.json", {"version": version, "previous": previous and previous["version"],
+            write_json_atomic(staging / "release.json", {"version": version, "previous": previous and previous["version"],
                                                     **release})
             if verify is not None:
                 verify(staging)

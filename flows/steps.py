@@ -116,12 +116,10 @@ def _splits(paths: Paths, *names: str):
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    import os
+    from flows.registry import write_json_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float))
-    os.replace(tmp, path)
+    write_json_atomic(path, obj)
 
 
 @timed
@@ -299,9 +297,8 @@ def predict(params: Params, paths: Paths, input_dir: Path, output: Path) -> dict
 
     import pandas as pd
 
-    from features import store
     from features.contract import ContractError
-    from features.training_set import fill_missing
+    from features.training_set import point_in_time_features
     from flows.registry import Registry
     from models.export import OnnxScorer
 
@@ -315,9 +312,7 @@ def predict(params: Params, paths: Paths, input_dir: Path, output: Path) -> dict
             raise ContractError(str(path), col, "required column is missing")
     # Labels are not needed to score; `<view>__<feature>` columns would clash with Feast's own.
     imps = imps.drop(columns=[c for c in imps.columns if c in params.task_graph.names or "__" in c])
-    feats = store.historical_features(paths.root, imps, params.features.feature_service,
-                                      params.features.retrieval_chunk_rows)
-    feats = fill_missing(feats.sort_values("impression_id").reset_index(drop=True), paths.features)
+    feats = point_in_time_features(paths.root, imps, params.features)
     preds = OnnxScorer(champ).predict(feats)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp")
