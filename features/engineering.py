@@ -31,7 +31,7 @@ class FeatureConfig(BaseModel):
     windows_days: list[int] = [1, 7, 30]
     prior_strength: float = 20.0
     feature_service: str = "funnel_model_v1"
-    retrieval_chunk_rows: int = 200_000  # entity rows per Feast call: bounds DuckDB's peak memory
+    retrieval_chunk_rows: int = 1_000_000  # entity rows per Feast call: bounds peak memory (one chunk joined at a time)
 
 
 @dataclass(frozen=True)
