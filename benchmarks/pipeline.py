@@ -1,14 +1,18 @@
 """Wall time and peak memory of every pipeline step at one or more sizes of generated data.
 
     python -m benchmarks.pipeline --rows 100000 1000000 [--epochs 1] [--steps ...]
+    python -m benchmarks.pipeline --flow --rows 100000 1000000 10000000 --plot docs/img/pipeline_scaling.png
 
-Each step runs as its own process (`python -m flows.cli <step>`, what DVC runs), in a fresh data dir
-per size, so peak RSS is per step. Prints a markdown table (seconds and peak GB per step and size)
-and the time ratio between consecutive sizes next to the row ratio (linear growth = equal ratios).
+Default: each step runs as its own process (`python -m flows.cli <step>`, what DVC runs), in a fresh
+data dir per size, so peak RSS is per step. ``--flow``: `funnelflow run` (the Prefect flow) once per
+size, watched from outside: step seconds from the flow's result, peak RSS of the whole run. Prints a
+markdown table (seconds and peak GB per step and size) and the time ratio between consecutive sizes
+next to the row ratio (linear growth = equal ratios); ``--plot`` draws seconds against rows, log-log.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import subprocess
@@ -43,15 +47,55 @@ def run_step(step: str, data_dir: Path, params: Path) -> tuple[float, float]:
     return seconds, int(peak[-1].split()[1]) / 1e6
 
 
+FLOW_STEPS = ["generate", "ingest", "features", "features_apply", "materialize", "training_set", "validate",
+              "train", "evaluate", "gate", "export", "promote"]
+
+
+def run_flow(data_dir: Path, params: Path) -> tuple[dict[str, float], float, float]:
+    """`funnelflow run` in a child process: (seconds per step, total seconds, peak GB)."""
+    from benchmarks.proc import watched
+
+    r = watched([sys.executable, "-m", "flows.cli", "--params", str(params), "--data-dir", str(data_dir), "run"])
+    if r["killed"]:
+        raise RuntimeError(f"funnelflow run at {data_dir}: {r['killed']}")
+    result = json.loads(r["stdout"][r["stdout"].index("{\n"):])
+    return result["steps"], r["seconds"], r["peak_gb"]
+
+
+def plot(results: dict[int, dict[str, tuple[float, float]]], totals: dict[int, float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted(results)
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for step in results[sizes[0]]:
+        ax.plot(sizes, [max(results[r][step][0], 1e-2) for r in sizes], marker="o", lw=1, label=step)
+    ax.plot(sizes, [totals[r] for r in sizes], marker="s", lw=3, color="black", label="total (wall)")
+    ref = [totals[sizes[0]] * r / sizes[0] for r in sizes]
+    ax.plot(sizes, ref, ls="--", color="grey", label="linear from the smallest total")
+    ax.set(xscale="log", yscale="log", xlabel="generated impressions", ylabel="seconds",
+           title=f"funnelflow run, per step ({os.cpu_count()}-core CPU)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--steps", nargs="*", default=STEPS)
     ap.add_argument("--work-dir", type=Path, default=None)
+    ap.add_argument("--flow", action="store_true", help="time `funnelflow run` (the Prefect flow) per size")
+    ap.add_argument("--plot", type=Path, default=None, help="write a log-log PNG of seconds per step")
     a = ap.parse_args(argv)
     work = a.work_dir or Path(tempfile.mkdtemp(prefix="funnelflow-bench-"))
     results: dict[int, dict[str, tuple[float, float]]] = {}
+    wall: dict[int, float] = {}
     for rows in a.rows:
         p = yaml.safe_load((REPO / "params.yaml").read_text())
         p["generate"]["rows"] = rows
@@ -61,18 +105,32 @@ def main(argv=None) -> None:
         params.parent.mkdir(parents=True, exist_ok=True)
         params.write_text(yaml.safe_dump(p, sort_keys=False))
         results[rows] = {}
+        if a.flow:
+            seconds, wall[rows], peak = run_flow(work / f"data-{rows}", params)
+            results[rows] = {step: (seconds[step], peak) for step in FLOW_STEPS}
+            print(f"{rows:>10,} rows  funnelflow run {wall[rows]:8.1f} s  peak {peak:5.2f} GB  {seconds}", flush=True)
+            continue
         for step in a.steps:
             results[rows][step] = run_step(step, work / f"data-{rows}", params)
             s, gb = results[rows][step]
             print(f"{rows:>10,} rows  {step:<22} {s:8.1f} s  {gb:5.2f} GB", flush=True)
+        wall[rows] = sum(v[0] for v in results[rows].values())
     sizes = a.rows
-    print("\n| step | " + " | ".join(f"{r:,} rows: s / peak GB" for r in sizes) + " |")
+    steps = FLOW_STEPS if a.flow else a.steps
+    unit = "s" if a.flow else "s / peak GB"
+    print("\n| step | " + " | ".join(f"{r:,} rows: {unit}" for r in sizes) + " |")
     print("|---|" + "---|" * len(sizes))
-    for step in a.steps:
-        cells = [f"{results[r][step][0]:.1f} / {results[r][step][1]:.2f}" for r in sizes]
+    for step in steps:
+        cells = [f"{results[r][step][0]:.1f}" if a.flow else f"{results[r][step][0]:.1f} / {results[r][step][1]:.2f}"
+                 for r in sizes]
         print(f"| {step.split(' --')[0]} | " + " | ".join(cells) + " |")
-    totals = [sum(v[0] for v in results[r].values()) for r in sizes]
-    print("| **total** | " + " | ".join(f"**{t:.1f}** s" for t in totals) + " |")
+    totals = [wall[r] for r in sizes]
+    label = "**total** (wall, incl. Prefect start-up) / peak GB" if a.flow else "**total**"
+    print(f"| {label} | " + " | ".join(f"**{wall[r]:.1f}** s" + (f" / {results[r][steps[0]][1]:.2f}" if a.flow else "")
+                                    for r in sizes) + " |")
+    if a.plot:
+        plot(results, wall, a.plot)
+        print(f"\nplot: {a.plot}")
     for (r0, t0), (r1, t1) in zip(zip(sizes, totals), zip(sizes[1:], totals[1:])):
         print(f"\n{r0:,} -> {r1:,} rows: x{r1 / r0:.1f} rows, x{t1 / t0:.2f} time")
     print(f"\n(machine: {os.cpu_count()} cores; data under {work})")

@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import psutil
 import yaml
 
 from benchmarks.pipeline import REPO, run_step
+from benchmarks.proc import watched
 
 PREPARE = ["generate", "ingest", "features build", "features apply"]
 STORES = {"asof": "features.asof_offline_store.AsofDuckDBOfflineStore", "duckdb": "duckdb", "file": "file"}
@@ -43,37 +42,6 @@ print("ROWS", len(imps), len(df), df["impression_id"].nunique())
 """
 # What every run above pays before any work: Python, `import feast` (which imports torch), the registry.
 STARTUP = "import sys; from features import store; store.open_store(sys.argv[1]).get_feature_service('funnel_model_v1')"
-
-
-def _rss_gb(proc: psutil.Process) -> float:
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total / 1e9
-
-
-def watched(cmd: list[str], max_gb: float, max_seconds: float) -> dict:
-    """Run ``cmd``; wall seconds, peak GB, stdout, and why it was killed (if it was)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ps, peak, killed = psutil.Process(proc.pid), 0.0, None
-    while proc.poll() is None:
-        peak = max(peak, _rss_gb(ps))
-        elapsed = time.perf_counter() - t0
-        if peak > max_gb or elapsed > max_seconds:
-            killed = f"killed at {peak:.1f} GB" if peak > max_gb else f"killed after {elapsed:.0f} s"
-            for p in [*ps.children(recursive=True), ps]:
-                p.kill()
-            break
-        time.sleep(0.2)
-    out, err = proc.communicate()
-    seconds = time.perf_counter() - t0
-    if proc.returncode != 0 and not killed:
-        killed = f"failed: {err.strip().splitlines()[-1][:120] if err.strip() else proc.returncode}"
-    return {"seconds": seconds, "peak_gb": peak, "stdout": out, "killed": killed}
 
 
 def prepare(rows: int, work: Path) -> Path:
