@@ -11,7 +11,7 @@ export PREFECT_LOGGING_LEVEL ?= WARNING
 # ibis (under Feast) warns on every DuckDB fetch; keep the run output readable
 export PYTHONWARNINGS ?= ignore::DeprecationWarning
 
-.PHONY: setup run test test-fast bench clean
+.PHONY: setup run test test-fast bench bench-serving bench-setup bench-peer clean
 
 setup: $(VENV)/.installed
 
@@ -37,6 +37,21 @@ test-fast: setup
 bench: setup
 	$(PY) -m benchmarks.train_throughput
 	$(PY) -m benchmarks.pipeline
+
+# Serving cost of the champion in data/registry (after `make run`); SERVING_ARGS="--fresh" builds one.
+bench-serving: setup
+	$(PY) -m benchmarks.serving $(SERVING_ARGS)
+
+# Benchmark-only peers (the `bench` extra: torch-rechub), never in the runtime stack; requirements.lock is
+# a constraint there, so this cannot move torch or any locked package.
+bench-setup: $(VENV)/.bench-installed
+
+$(VENV)/.bench-installed: requirements-bench.txt $(VENV)/.installed
+	$(PY) -m pip install -q -r requirements-bench.txt
+	touch $@
+
+bench-peer: bench-setup
+	$(PY) -m benchmarks.peer_rechub
 
 clean:
 	rm -rf data runs .pytest_cache

@@ -154,7 +154,6 @@ class OnnxScorer:
         """Predictions layout: impression_id + one column per output."""
         cat, num = self.preprocessor.encode(df)
         res = self.session.run(self.outputs, {"categorical": cat, "numeric": num})
-        out = pd.DataFrame({"impression_id": df["impression_id"].to_numpy()} if "impression_id" in df else {})
-        for name, arr in zip(self.outputs, res):
-            out[name] = arr.astype(np.float64)
-        return out
+        cols = {"impression_id": df["impression_id"].to_numpy()} if "impression_id" in df else {}
+        cols.update({name: arr.astype(np.float64).reshape(-1) for name, arr in zip(self.outputs, res)})
+        return pd.DataFrame(cols, copy=False)  # one constructor call: per-column inserts cost ~0.6 ms at batch 1

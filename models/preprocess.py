@@ -8,6 +8,7 @@ never seen, share it (so the model learns one "rare/new" embedding per column).
 from __future__ import annotations
 
 import json
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -76,23 +77,31 @@ class Preprocessor(BaseModel):
         """Embedding rows per categorical column (vocabulary + the OOV slot)."""
         return [len(self.vocab[c]) + 1 for c in self.columns.categorical]
 
+    @cached_property
+    def _arrays(self) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+        """Vocabularies and normalisation as arrays, built once (not per call: at batch 1 that
+        rebuild cost more than the model)."""
+        num = self.columns.numeric
+        return ([np.asarray(self.vocab[c], dtype=np.int64) for c in self.columns.categorical],
+                np.array([self.mean[c] for c in num]), np.array([self.std[c] for c in num]),
+                np.array([c in self.log1p for c in num], dtype=bool))
+
     def encode_categorical(self, df: pd.DataFrame) -> np.ndarray:
-        out = np.zeros((len(df), len(self.columns.categorical)), dtype=np.int64)
-        for j, c in enumerate(self.columns.categorical):
-            v = np.asarray(self.vocab[c], dtype=np.int64)
-            x = df[c].to_numpy(np.int64, na_value=-(2**62))  # a missing id (nullable Int64) -> OOV
+        cols = self.columns.categorical
+        # one block conversion; a missing id (nullable Int64) -> a value no vocabulary holds -> OOV
+        x = df[cols].to_numpy(np.int64, na_value=-(2**62)) if cols else np.zeros((len(df), 0), np.int64)
+        out = np.zeros((len(df), len(cols)), dtype=np.int64)
+        for j, v in enumerate(self._arrays[0]):
             if len(v) == 0:
                 continue
-            pos = np.minimum(np.searchsorted(v, x), len(v) - 1)
-            out[:, j] = np.where(v[pos] == x, pos + 1, 0)
+            pos = np.minimum(np.searchsorted(v, x[:, j]), len(v) - 1)
+            out[:, j] = np.where(v[pos] == x[:, j], pos + 1, 0)
         return out
 
     def encode_numeric(self, df: pd.DataFrame) -> np.ndarray:
         cols = self.columns.numeric
         x = df[cols].to_numpy(np.float64) if cols else np.zeros((len(df), 0))
-        mean = np.array([self.mean[c] for c in cols])
-        std = np.array([self.std[c] for c in cols])
-        logged = np.array([c in self.log1p for c in cols], dtype=bool)
+        _, mean, std, logged = self._arrays
         if logged.any():  # clip at 0 first: a negative value never seen on train must not give NaN
             x[:, logged] = np.log1p(np.maximum(x[:, logged], 0.0))
         z = (x - mean) / std
