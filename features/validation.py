@@ -167,6 +167,14 @@ def _group_columns(group: str, df: pd.DataFrame, tasks: TaskGraph) -> list[str]:
     return [c for c in df.columns if c.startswith(f"{group}__")]
 
 
+def _drop_cached_batches(source) -> None:
+    """GX's pandas engine keeps every batch it has loaded (frame included) for the context's life:
+    without this each group's narrow frame stayed in memory (10M impressions: 6.6 -> 11.9 GB)."""
+    manager = source.get_execution_engine().batch_manager
+    manager.reset_batch_cache()
+    manager.batch_data_cache.clear()
+
+
 def validate_frame(df: pd.DataFrame, tasks: TaskGraph, cfg: ValidationConfig, out_dir: Path | str,
                    schema: dict[str, str], reference: dict | None = None) -> ValidationReport:
     """Run the suite through GX checkpoints (which also build Data Docs under out_dir/data_docs).
@@ -202,6 +210,7 @@ def validate_frame(df: pd.DataFrame, tasks: TaskGraph, cfg: ValidationConfig, ou
         frame = df if group == "table" else df[_group_columns(group, df, tasks)]
         result = cp.run(batch_parameters={"dataframe": frame})
         del frame
+        _drop_cached_batches(source)
         success &= result.success
         results += [r for vr in result.run_results.values() for r in vr.results]
     failed = [_failure_row(r) for r in results if not r.success]
@@ -212,13 +221,9 @@ def validate_frame(df: pd.DataFrame, tasks: TaskGraph, cfg: ValidationConfig, ou
 
 def read_training_set(training_set_dir: Path) -> pd.DataFrame:
     """All splits as one frame, read once (no concat copy of the whole set)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    from features.training_set import read_frame
 
-    tables = [pq.read_table(training_set_dir / f"{s}.parquet") for s in ("train", "validation", "test")]
-    table = pa.concat_tables(tables)
-    del tables
-    return table.to_pandas(self_destruct=True, split_blocks=True)
+    return read_frame(*(training_set_dir / f"{s}.parquet" for s in ("train", "validation", "test")))
 
 
 def validate_training_set(training_set_dir: Path | str, out_dir: Path | str, tasks: TaskGraph,

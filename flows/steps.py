@@ -110,9 +110,9 @@ def validate(params: Params, paths: Paths, raise_on_failure: bool = True) -> dic
 
 
 def _splits(paths: Paths, *names: str):
-    import pandas as pd
+    from features.training_set import load_split
 
-    return [pd.read_parquet(paths.training_set / f"{n}.parquet") for n in names]
+    return [load_split(paths.training_set, n) for n in names]
 
 
 def _write_json(path: Path, obj: dict) -> None:
