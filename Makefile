@@ -28,10 +28,10 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 run: setup
 	$(VENV)/bin/funnelflow run
 
-test: setup
+test: setup bench-setup
 	$(PY) -m pytest -q
 
-test-fast: setup
+test-fast: setup bench-setup
 	$(PY) -m pytest -q -m "not e2e"
 
 bench: setup

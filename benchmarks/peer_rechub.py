@@ -23,7 +23,9 @@ predict, the unconditional p(conversion) over all impressions: funnelflow's chai
 
 Architectures (``ModelConfig`` mapped to torch-rechub's arguments, parameter counts printed):
 * embedding dim, bottom/expert ``hidden``, ``tower`` and expert counts are the same. torch-rechub's MLP
-  puts a BatchNorm1d after every Linear (gates too): that, and nothing else, is the dense difference.
+  puts a BatchNorm1d after every Linear (gates too); funnelflow runs with ``batch_norm: true``, which does
+  the same, so the dense parameter counts are equal (``--no-batch-norm``: funnelflow's default, no
+  BatchNorm, the only dense difference then).
 * PLE: torch-rechub gives every level the same expert widths, so both sides run len(hidden) levels of
   width hidden[0] (funnelflow's default [128, 64] narrows the second level; not expressible there).
 * ESMM: torch-rechub's ESMM takes sparse features only (it drops dense ones), so for ESMM both sides
@@ -130,7 +132,8 @@ def model_config(name: str, args: argparse.Namespace) -> ModelConfig:
     """funnelflow's config for ``name`` at the benchmark's sizes (PLE: uniform level width, see top)."""
     hidden = [args.hidden[0]] * len(args.hidden) if name == "ple" else list(args.hidden)
     return ModelConfig.model_validate({"name": name, "embedding_dim": args.embedding_dim, "hidden": hidden,
-                                       "tower": list(args.tower), "experts": args.experts, "dropout": 0.0})
+                                       "tower": list(args.tower), "experts": args.experts, "dropout": 0.0,
+                                       "batch_norm": args.batch_norm})
 
 
 def rechub_model(cfg: ModelConfig, data: Data) -> torch.nn.Module:
@@ -348,6 +351,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--experts", type=int, default=4)
     ap.add_argument("--no-amp", dest="amp", action="store_false",
                     help="funnelflow in fp32 on CUDA too (default: its bf16 autocast; torch-rechub has none)")
+    ap.add_argument("--no-batch-norm", dest="batch_norm", action="store_false",
+                    help="funnelflow without BatchNorm (its default model config; torch-rechub always has it)")
     ap.add_argument("--rechub-workers", type=int, default=0, help="DataLoader workers (its default: 0)")
     ap.add_argument("--seed", type=int, default=0)
     return ap.parse_args(argv)
@@ -366,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
           f"threads={torch.get_num_threads()} | rows={args.rows} (train {len(data.train.y)}) epochs={args.epochs} "
           f"batch={args.batch_size} lr={args.lr} Adam | {len(data.cat_names)} categorical + {len(data.num_names)} "
           f"numeric | click rate {data.train.y[:, 0].mean():.3f}, conversion rate {data.train.y[:, 1].mean():.4f} "
-          f"| funnelflow amp={args.amp and device.type == 'cuda'} | medians of {args.repeats}\n")
+          f"| funnelflow amp={args.amp and device.type == 'cuda'} batch_norm={args.batch_norm} | medians of {args.repeats}\n")
     print("Parameters (embedding tables identical; dense = everything else):\n")
     print(param_table(cfgs, views).to_markdown(index=False), "\n", flush=True)
 

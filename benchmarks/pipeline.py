@@ -70,8 +70,10 @@ def plot(results: dict[int, dict[str, tuple[float, float]]], totals: dict[int, f
 
     sizes = sorted(results)
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    for step in results[sizes[0]]:
-        ax.plot(sizes, [max(results[r][step][0], 1e-2) for r in sizes], marker="o", lw=1, label=step)
+    colors = plt.get_cmap("tab20").colors  # 20 distinct colours: one per step, none repeated
+    for i, step in enumerate(results[sizes[0]]):
+        ax.plot(sizes, [max(results[r][step][0], 1e-2) for r in sizes], marker="os^D"[i % 4], lw=1,
+                color=colors[i % len(colors)], label=step.split(" --")[0])
     ax.plot(sizes, [totals[r] for r in sizes], marker="s", lw=3, color="black", label="total (wall)")
     ref = [totals[sizes[0]] * r / sizes[0] for r in sizes]
     ax.plot(sizes, ref, ls="--", color="grey", label="linear from the smallest total")
@@ -92,11 +94,18 @@ def main(argv=None) -> None:
     ap.add_argument("--work-dir", type=Path, default=None)
     ap.add_argument("--flow", action="store_true", help="time `funnelflow run` (the Prefect flow) per size")
     ap.add_argument("--plot", type=Path, default=None, help="write a log-log PNG of seconds per step")
+    ap.add_argument("--replot", action="store_true",
+                    help="no runs: table and plot again from <work-dir>/results.json of an earlier run")
     a = ap.parse_args(argv)
     work = a.work_dir or Path(tempfile.mkdtemp(prefix="funnelflow-bench-"))
     results: dict[int, dict[str, tuple[float, float]]] = {}
     wall: dict[int, float] = {}
-    for rows in a.rows:
+    if a.replot:
+        saved = json.loads((work / "results.json").read_text())
+        a.rows, a.flow = saved["rows"], saved["flow"]
+        results = {int(r): {k: tuple(v) for k, v in d.items()} for r, d in saved["results"].items()}
+        wall = {int(r): v for r, v in saved["wall"].items()}
+    for rows in [] if a.replot else a.rows:
         p = yaml.safe_load((REPO / "params.yaml").read_text())
         p["generate"]["rows"] = rows
         p["train"]["epochs"] = a.epochs
@@ -115,6 +124,9 @@ def main(argv=None) -> None:
             s, gb = results[rows][step]
             print(f"{rows:>10,} rows  {step:<22} {s:8.1f} s  {gb:5.2f} GB", flush=True)
         wall[rows] = sum(v[0] for v in results[rows].values())
+    if not a.replot:
+        (work / "results.json").write_text(json.dumps({"rows": a.rows, "flow": a.flow, "results": results,
+                                                       "wall": wall}, indent=1))
     sizes = a.rows
     steps = FLOW_STEPS if a.flow else a.steps
     unit = "s" if a.flow else "s / peak GB"

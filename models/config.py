@@ -35,6 +35,10 @@ class ModelConfig(_Strict):
     pwiser_weight: float = Field(0.0, ge=0.0)
     regression_weight: float = Field(0.1, ge=0.0)  # weight of each regression task's loss in the total
     min_count: int = Field(2, ge=1)
+    # BatchNorm1d after every hidden Linear and gate (towers, bottoms, experts; torch-rechub's MLP
+    # does this). Off by default: measured +0.012 AUC after 2 epochs at batch 4096 (shared_bottom,
+    # benchmarks/peer_rechub.py) for ~9% throughput; a training batch needs >= 2 rows.
+    batch_norm: bool = False
     # --- open choices of the papers (defaults documented where used) ---
     pwiser_margins: tuple[float, float] = (1.0, 1.0)  # (m1: P over C, m2: P over N), log-prob scale
     dependence_penalty: float = Field(1.0, ge=0.0)    # TAFE: weight of mean(relu(p_t - p_parent))

@@ -192,6 +192,8 @@ def run_epoch(net: FunnelNet, opt: torch.optim.Optimizer, cat: torch.Tensor, num
     bar = tqdm(total=n, disable=not progress, desc=desc, unit="row", leave=False)
     for step, i in enumerate(range(0, n, batch_size)):
         idx = perm[i:i + batch_size]
+        if len(idx) < 2 and model_cfg.batch_norm:  # BatchNorm cannot train on one row: skip that remainder
+            continue
         with amp_ctx:
             out = net(cat[idx], num[idx])
         total, terms = funnel_loss(out, y[idx], tasks, model_cfg)

@@ -98,3 +98,20 @@ def test_fallback_to_legacy_exporter(trained, tmp_path, monkeypatch):
     got = OnnxScorer(tmp_path / "b").predict(sample.iloc[:7])
     ref = predict_frame(trained / "aitm", sample.iloc[:7])
     assert np.max(np.abs(got.p_conversion - ref.p_conversion)) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["mmoe", "ple"])
+def test_batch_norm_model_exports_with_parity(tmp_path, name):
+    """BatchNorm (eval mode: running statistics) survives ONNX export; 1001 rows at batch 500 leave a
+    one-row remainder, which training must skip rather than fail on."""
+    from models.config import ModelConfig, TrainConfig
+
+    train, _ = make_funnel(1001, seed=3)
+    valid, _ = make_funnel(300, seed=4)
+    mc = ModelConfig(name=name, embedding_dim=4, hidden=[16, 8], tower=[8], experts=2, batch_norm=True)
+    train_model(train, valid, DEFAULT_FUNNEL, mc, TrainConfig(epochs=1, batch_size=500, num_threads=1),
+                tmp_path / "m", progress=False)
+    export_onnx(tmp_path / "m", tmp_path / "b", valid.iloc[:50], ExportConfig())
+    got, ref = OnnxScorer(tmp_path / "b").predict(valid), predict_frame(tmp_path / "m", valid)
+    assert np.max(np.abs(got.p_conversion - ref.p_conversion)) < 1e-5
+    assert got.p_click.std() > 0

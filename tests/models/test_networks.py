@@ -3,7 +3,7 @@ import torch
 
 from models.config import ModelConfig
 from models.losses import funnel_loss
-from models.networks import MODELS, build_model, chain_outputs, prediction_columns
+from models.networks import MODELS, BatchedNorm, build_model, chain_outputs, prediction_columns
 from models.preprocess import Preprocessor, infer_feature_columns
 from models.tasks import DEFAULT_FUNNEL
 from models.train import label_matrix
@@ -98,3 +98,35 @@ def test_htlnet_backward_composes_gradients(monkeypatch):
     monkeypatch.setattr(nw, "adjust_gradient", lambda g_t, g_core, gamma, clip: g_t)
     identity = grads(custom=True)
     assert all(torch.allclose(identity[n], plain[n], atol=1e-6) for n in plain)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_batch_norm_option_trains_every_parameter(name):
+    """batch_norm=True: BatchNorm layers exist, every parameter (BatchNorm's included) gets a gradient."""
+    df = make_funnel(256, seed=5)[0]
+    pre, cat, num, y = _batch(df, DEFAULT_FUNNEL)
+    cfg = ModelConfig(name=name, embedding_dim=4, hidden=[16, 8], tower=[8], experts=2, batch_norm=True)
+    net = build_model(DEFAULT_FUNNEL, pre.cardinalities, num.shape[1], cfg)
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in net.modules())
+    total, terms = funnel_loss(net(cat, num), y, DEFAULT_FUNNEL, cfg)
+    net.backward(terms, total)
+    assert not [n for n, p in net.named_parameters() if p.grad is None]
+    net.eval()  # eval: running statistics, and a single row scores
+    assert torch.isfinite(net(cat[:1], num[:1])["p_conversion"]).all()
+
+
+def test_batched_norm_is_one_batchnorm_per_member():
+    torch.manual_seed(0)
+    x = torch.randn(3, 50, 4) * torch.tensor([1.0, 5.0, 0.1])[:, None, None] + 2.0
+    bn = BatchedNorm(3, 4).train()
+    got = bn(x)
+    for k in range(3):  # member k alone through its own BatchNorm1d(4) (same fresh init)
+        torch.testing.assert_close(got[k], torch.nn.BatchNorm1d(4).train()(x[k]))
+    torch.testing.assert_close(bn.norm.running_mean.view(3, 4), 0.1 * x.mean(1))
+
+
+def test_batch_norm_off_keeps_parameter_names():
+    """Off (the default): no BatchNorm, and the names older checkpoints were saved under."""
+    net = build_model(DEFAULT_FUNNEL, [5, 5], 2, ModelConfig(name="ple", hidden=[8, 8], tower=[4], experts=2))
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in net.modules())
+    assert "shared_gates.0.weight" in net.state_dict()
