@@ -205,8 +205,8 @@ def take_turns(jobs: dict[str, Callable[[int, int], list[float]]], total: int, r
 
 
 def scorer_stages(scorer: OnnxScorer, frames: list[tuple[pd.DataFrame]], calls: int) -> dict[str, float]:
-    """p50 µs of ``OnnxScorer.predict`` on single-row frames and of each stage of its body (copied
-    here, with clocks). Whole and staged calls alternate row by row, so both see the same machine."""
+    """p50 µs of ``OnnxScorer.predict`` on single-row frames and of each stage of its body (the same
+    calls, with clocks). Whole and staged calls alternate row by row, so both see the same machine."""
     pre, clock = scorer.preprocessor, time.perf_counter
     stages: dict[str, list[float]] = {k: [] for k in ("predict", "encode categorical", "encode numeric",
                                                        "session.run", "output frame")}
@@ -223,9 +223,7 @@ def scorer_stages(scorer: OnnxScorer, frames: list[tuple[pd.DataFrame]], calls: 
         t2 = clock()
         res = scorer.session.run(scorer.outputs, {"categorical": cat, "numeric": num})
         t3 = clock()
-        out = pd.DataFrame({"impression_id": df["impression_id"].to_numpy()})
-        for name, arr in zip(scorer.outputs, res):
-            out[name] = arr.astype(np.float64)
+        scorer.output_frame(df, res)
         t4 = clock()
         for k, a, b in (("encode categorical", t0, t1), ("encode numeric", t1, t2), ("session.run", t2, t3),
                         ("output frame", t3, t4)):
