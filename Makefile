@@ -34,9 +34,15 @@ test: setup bench-setup
 test-fast: setup bench-setup
 	$(PY) -m pytest -q -m "not e2e"
 
-bench: setup
+# Every benchmark, each printing its tables (README "Measured"); BENCH_ROWS=100000 for a quick pass.
+BENCH_ROWS ?= 100000 1000000 10000000
+BENCH_DIR ?= /tmp/funnelflow-bench
+bench: bench-setup
+	$(PY) -m benchmarks.peer_rechub
+	$(PY) -m benchmarks.serving --fresh --models mmoe,ple,aitm,htlnet
+	$(PY) -m benchmarks.pipeline --flow --rows $(BENCH_ROWS) --plot docs/img/pipeline_scaling.png --work-dir $(BENCH_DIR)/flow
+	$(PY) -m benchmarks.retrieval --rows $(BENCH_ROWS) --work-dir $(BENCH_DIR)/retrieval --max-gb 16 --max-seconds 600
 	$(PY) -m benchmarks.train_throughput
-	$(PY) -m benchmarks.pipeline
 
 # Serving cost of the champion in data/registry (after `make run`); SERVING_ARGS="--fresh" builds one.
 bench-serving: setup
