@@ -100,6 +100,21 @@ class BatchedLinear(nn.Module):
             return self.shared_input(x, None)[0]
         return torch.baddbmm(self.bias, x, self.weight)
 
+    def wide(self, x: Tensor) -> Tensor:
+        """[N, in] shared input -> [N, n*out], member m's unit j in column m*out + j: the layout
+        BatchNorm and a later ``bmm`` over members want, with no permute copy."""
+        n, i, o = self.weight.shape
+        return torch.addmm(self.bias.reshape(n * o), x, self.weight.permute(1, 0, 2).reshape(i, n * o))
+
+    def wide_grouped(self, xs: list[Tensor]) -> Tensor:
+        """One [N, in] input per group of n/len(xs) consecutive members -> [N, n*out] (as ``wide``):
+        one addmm per group instead of copying each input once per member for a ``baddbmm``."""
+        n, i, o = self.weight.shape
+        g = len(xs)
+        w = self.weight.view(g, n // g, i, o).permute(0, 2, 1, 3).reshape(g, i, n // g * o)
+        b = self.bias.view(g, n // g * o)
+        return torch.cat([torch.addmm(b[j], x, w[j]) for j, x in enumerate(xs)], 1)
+
     def shared_input(self, x: Tensor, extra: nn.Linear | None) -> tuple[Tensor, Tensor | None]:
         """[N, in] input: one addmm (bias folded in); ``extra`` (e.g. MMoE's gates, which read the
         same input) rides along in the same GEMM. Returns ([n, N, out], extra's output or None)."""
@@ -122,6 +137,9 @@ class BatchedNorm(nn.Module):
         self.norm = nn.BatchNorm1d(n * d)
 
     def forward(self, x: Tensor) -> Tensor:
+        """[n, N, d], or [N, n*d] in ``BatchedLinear.wide``'s layout (normalised as is)."""
+        if x.dim() == 2:
+            return self.norm(x)
         rows = x.shape[1]
         # contiguous: CPU BatchNorm backward on a strided view (MMoE's expert slice of the expert+gate
         # GEMM) took 18 ms instead of 1.5 ms per [4096, 512] call
@@ -308,31 +326,44 @@ class PLE(FunnelNet):
             self.shared_gates.append(nn.Identity() if last else nn.Sequential(gate, nn.BatchNorm1d(n_exp)) if bn else gate)
             in_dim = width
         self.drop = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        self.register_buffer("spread_index", self._spread_index(self.T, self.k), persistent=False)
         self._build_heads(cfg.hidden[-1])
 
+    @staticmethod
+    def _spread_index(T: int, k: int) -> Tensor:
+        """For task t and expert e: e's position in t's flattened gate row (t*2k + j), or T*2k (the
+        zero column) when t's gate does not see e."""
+        zero, idx = T * 2 * k, []
+        for t in range(T):
+            pos = {t * k + j: j for j in range(k)} | {T * k + j: k + j for j in range(k)}
+            idx += [t * 2 * k + pos[e] if e in pos else zero for e in range((T + 1) * k)]
+        return torch.tensor(idx, dtype=torch.long)
+
     def task_reps(self, x):
-        T, k = self.T, self.k
-        task_in: Tensor = x.unsqueeze(0).expand(T, -1, -1)
-        shared_in: Tensor = x
+        T, k, rows = self.T, self.k, x.shape[0]
+        task_in: list[Tensor] | None = None  # level 0: every expert and gate reads x
+        shared_in = x
         for lvl, experts in enumerate(self.levels):
-            if lvl == 0:
-                e = experts(x)  # shared input: one GEMM
-            else:  # each expert reads its group's input (task t's or the shared one)
-                groups = torch.cat([task_in, shared_in.unsqueeze(0)], 0)  # [T+1, N, d]
-                e = experts(groups.repeat_interleave(k, dim=0))
-            e = self.drop(F.relu(self.level_norms[lvl](e)))  # [(T+1)k, N, w]
-            experts = e.unbind(0)  # once: per-expert indexing costs a full zero gradient each (see mix_experts)
-            shared_e = list(experts[T * k:])
-            gate_logits = self.task_gate_norms[lvl](self.task_gates[lvl](task_in if lvl else x))
-            gates = torch.softmax(gate_logits, dim=-1).permute(0, 2, 1)  # [T, 2k, N]
-            new_task_in = torch.stack([  # task t mixes its own k experts and the k shared ones
-                mix_experts(gates[t:t + 1], list(experts[t * k:(t + 1) * k]) + shared_e)[0] for t in range(T)
-            ])
-            if not isinstance(self.shared_gates[lvl], nn.Identity):
-                sg = torch.softmax(self.shared_gates[lvl](shared_in), dim=-1)  # [N, (T+1)k]
-                shared_in = mix_experts(sg.t().unsqueeze(0), experts)[0]
-            task_in = new_task_in
-        return {t: task_in[i] for i, t in enumerate(self.tasks.names)}
+            # experts in the wide layout [N, (T+1)k * w]: BatchNorm runs on it as is, and viewed as
+            # [N, experts, w] one bmm mixes them for every task (and the shared gate) at once
+            z = experts.wide(x) if task_in is None else experts.wide_grouped(task_in + [shared_in])
+            e = self.drop(F.relu(self.level_norms[lvl](z))).view(rows, experts.weight.shape[0], -1)
+            gates = self.task_gates[lvl]
+            gate_logits = gates.wide(x) if task_in is None else gates.wide_grouped(task_in)
+            mix = self._spread(torch.softmax(self.task_gate_norms[lvl](gate_logits).view(rows, T, 2 * k), -1))
+            last = isinstance(self.shared_gates[lvl], nn.Identity)
+            if not last:  # the shared gate weighs all experts
+                mix = torch.cat([mix, torch.softmax(self.shared_gates[lvl](shared_in), dim=-1).unsqueeze(1)], 1)
+            out = torch.bmm(mix, e).unbind(1)  # [N, T(+1), w] -> per task (then shared)
+            task_in, shared_in = list(out[:T]), (out[T] if not last else shared_in)
+        assert task_in is not None
+        return dict(zip(self.tasks.names, task_in))
+
+    def _spread(self, gates: Tensor) -> Tensor:
+        """[N, T, 2k] task gates (own k experts, then the shared k) -> [N, T, experts] weights with
+        zeros on other tasks' experts: one Gather from the flattened gates plus a zero column."""
+        flat = F.pad(gates.reshape(gates.shape[0], -1), (0, 1))
+        return flat.index_select(1, self.spread_index).view(gates.shape[0], self.T, -1)
 
 
 class ESMM(FunnelNet):
