@@ -38,7 +38,7 @@ test-fast: setup bench-setup
 BENCH_ROWS ?= 100000 1000000 10000000
 BENCH_DIR ?= /tmp/funnelflow-bench
 bench: bench-setup
-	$(PY) -m benchmarks.peer_rechub
+	$(PY) -m benchmarks.peer_rechub --cpu-bf16
 	$(PY) -m benchmarks.serving --fresh --models mmoe,ple,aitm,htlnet
 	$(PY) -m benchmarks.pipeline --flow --rows $(BENCH_ROWS) --plot docs/img/pipeline_scaling.png --work-dir $(BENCH_DIR)/flow
 	$(PY) -m benchmarks.retrieval --rows $(BENCH_ROWS) --work-dir $(BENCH_DIR)/retrieval --max-gb 16 --max-seconds 600
@@ -57,7 +57,7 @@ $(VENV)/.bench-installed: requirements-bench.txt $(VENV)/.installed
 	touch $@
 
 bench-peer: bench-setup
-	$(PY) -m benchmarks.peer_rechub
+	$(PY) -m benchmarks.peer_rechub --cpu-bf16
 
 clean:
 	rm -rf data runs .pytest_cache

@@ -1,7 +1,7 @@
 """funnelflow vs torch-rechub (the PyPI peer): training samples/s and test AUC, same data, same sizes.
 
     make bench-setup   # torch-rechub into .venv from requirements-bench.txt (the `bench` extra)
-    python -m benchmarks.peer_rechub --rows 200000 --epochs 2 --batch-size 4096 --repeats 3 --device auto
+    python -m benchmarks.peer_rechub --rows 200000 --epochs 2 --batch-size 4096 --repeats 3 --device auto [--cpu-bf16]
 
 Both frameworks get identical arrays: funnelflow's Preprocessor (fitted on the train rows) label-encodes
 12 categorical columns and standardises 18 numeric ones of a generated funnel with planted signal in
@@ -38,10 +38,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from importlib.metadata import version
 
@@ -180,13 +182,14 @@ def sync(device: torch.device) -> None:
 class FunnelflowRun:
     """funnelflow's training path: tensors in memory (on the device), ``run_epoch`` per epoch."""
 
-    def __init__(self, cfg: ModelConfig, data: Data, args: argparse.Namespace, device: torch.device, seed: int):
+    def __init__(self, cfg: ModelConfig, data: Data, args: argparse.Namespace, device: torch.device, seed: int,
+                 cpu_bf16: bool = False):
         torch.manual_seed(seed)
         self.cfg, self.device, self.batch_size = cfg, device, args.batch_size
         self.net = funnelflow_model(cfg, data).to(device)
         self.opt = make_optimizer(self.net, TrainConfig(lr=args.lr, batch_size=args.batch_size), device)
         self.amp = args.amp
-        self.amp_ctx, amp_dtype = amp_context(device, args.amp)
+        self.amp_ctx, amp_dtype = amp_context(device, args.amp, cpu_bf16)  # TrainConfig.amp / .cpu_bf16
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
         self.gen = torch.Generator().manual_seed(seed)
         self.cat, self.num, self.y = (to_device(a, device) for a in (data.train.cat, data.train.num, data.train.y))
@@ -247,8 +250,16 @@ class RechubRun:
         return out[:, [1, 2]] if self.esmm else out  # ESMM outputs cvr, ctr, ctcvr
 
 
-RUNNERS: list[tuple[str, type[FunnelflowRun] | type[RechubRun]]] = [
-    ("funnelflow", FunnelflowRun), ("rechub", RechubRun)]
+Runner = Callable[..., FunnelflowRun | RechubRun]
+
+
+def runners(args: argparse.Namespace, device: torch.device) -> list[tuple[str, Runner]]:
+    """(key, constructor) per contender: funnelflow in fp32; on CPU, with ``--cpu-bf16``, funnelflow
+    with bf16 autocast too (``train.cpu_bf16``: same fp32 weights and Adam, bf16 GEMMs); torch-rechub."""
+    out: list[tuple[str, Runner]] = [("funnelflow", FunnelflowRun)]
+    if args.cpu_bf16 and device.type == "cpu":
+        out.append(("funnelflow bf16", functools.partial(FunnelflowRun, cpu_bf16=True)))
+    return out + [("rechub", RechubRun)]
 
 
 @contextlib.contextmanager
@@ -275,21 +286,23 @@ def fit_and_score(run: FunnelflowRun | RechubRun, data: Data, epochs: int) -> tu
     return seconds, task_aucs(data.test.y, run.predict(data.test))
 
 
-def warm_up(cfg: ModelConfig, data: Data, args: argparse.Namespace, device: torch.device) -> None:
+def warm_up(cfg: ModelConfig, data: Data, args: argparse.Namespace, device: torch.device,
+            contenders: list[tuple[str, Runner]]) -> None:
     """A throwaway epoch on two batches per framework (allocator, kernels, CUDA context), untimed."""
     n = min(len(data.train.y), 2 * args.batch_size)
     tiny = replace(data, train=Split(data.train.cat[:n], data.train.num[:n], data.train.y[:n]))
-    for _, runner in RUNNERS:
+    for _, runner in contenders:
         runner(cfg, tiny, args, device, args.seed).train_epoch()
 
 
 def measure(cfg: ModelConfig, data: Data, args: argparse.Namespace, device: torch.device) -> dict[str, dict]:
     """Per framework: median samples/s and median test AUC per task over ``--repeats`` fresh models.
     The frameworks take turns (order flipped every repeat), so background load hits both alike."""
-    warm_up(cfg, data, args, device)
-    raw: dict[str, dict[str, list]] = {k: {"rate": [], "auc": []} for k in ("funnelflow", "rechub")}
+    contenders = runners(args, device)
+    warm_up(cfg, data, args, device, contenders)
+    raw: dict[str, dict[str, list]] = {k: {"rate": [], "auc": []} for k, _ in contenders}
     for r in range(args.repeats):
-        for key, runner in RUNNERS[::1 if r % 2 == 0 else -1]:
+        for key, runner in contenders[::1 if r % 2 == 0 else -1]:
             seconds, aucs = fit_and_score(runner(cfg, data, args, device, args.seed + r), data, args.epochs)
             raw[key]["rate"].append(args.epochs * len(data.train.y) / seconds)
             raw[key]["auc"].append(aucs)
@@ -322,8 +335,13 @@ def param_table(cfgs: dict[str, ModelConfig], views: dict[str, Data]) -> pd.Data
     return pd.DataFrame(rows)
 
 
-def result_row(name: str, m: dict[str, dict]) -> dict[str, str]:
-    ff, rh = m["funnelflow"], m["rechub"]
+def result_rows(name: str, m: dict[str, dict]) -> list[dict[str, str]]:
+    """One row per funnelflow variant, each against the same torch-rechub measurement."""
+    return [result_row(name + ("" if key == "funnelflow" else " (bf16)"), m[key], m["rechub"])
+            for key in m if key != "rechub"]
+
+
+def result_row(name: str, ff: dict, rh: dict) -> dict[str, str]:
     ratio = ff["rate"] / rh["rate"]
     d = [a - b for a, b in zip(ff["auc"], rh["auc"])]
     speed_ok, auc_ok = ratio >= SPEED_TARGET, all(x >= -AUC_TOLERANCE for x in d)
@@ -351,6 +369,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--experts", type=int, default=4)
     ap.add_argument("--no-amp", dest="amp", action="store_false",
                     help="funnelflow in fp32 on CUDA too (default: its bf16 autocast; torch-rechub has none)")
+    ap.add_argument("--cpu-bf16", action="store_true",
+                    help="on CPU also run funnelflow with bf16 autocast (train.cpu_bf16; for CPUs with "
+                         "avx512_bf16/AMX), a second funnelflow row against the same torch-rechub runs")
     ap.add_argument("--no-batch-norm", dest="batch_norm", action="store_false",
                     help="funnelflow without BatchNorm (its default model config; torch-rechub always has it)")
     ap.add_argument("--rechub-workers", type=int, default=0, help="DataLoader workers (its default: 0)")
@@ -371,13 +392,13 @@ def main(argv: list[str] | None = None) -> None:
           f"threads={torch.get_num_threads()} | rows={args.rows} (train {len(data.train.y)}) epochs={args.epochs} "
           f"batch={args.batch_size} lr={args.lr} Adam | {len(data.cat_names)} categorical + {len(data.num_names)} "
           f"numeric | click rate {data.train.y[:, 0].mean():.3f}, conversion rate {data.train.y[:, 1].mean():.4f} "
-          f"| funnelflow amp={args.amp and device.type == 'cuda'} batch_norm={args.batch_norm} | medians of {args.repeats}\n")
+          f"| funnelflow amp={args.amp and device.type == 'cuda'} cpu_bf16={args.cpu_bf16 and device.type == 'cpu'} batch_norm={args.batch_norm} | medians of {args.repeats}\n")
     print("Parameters (embedding tables identical; dense = everything else):\n")
     print(param_table(cfgs, views).to_markdown(index=False), "\n", flush=True)
 
     rows = []
     for name in names:
-        rows.append(result_row(name, measure(cfgs[name], views[name], args, device)))
+        rows += result_rows(name, measure(cfgs[name], views[name], args, device))
         print(f"  {name}: done", flush=True)
     print("\nTraining throughput and test AUC (conversion: unconditional p(conversion) over all impressions):\n")
     print(pd.DataFrame(rows).to_markdown(index=False))

@@ -32,7 +32,28 @@ def test_same_architecture_sizes(name, data):
 
 
 def test_end_to_end_tiny(capsys):
-    pr.main(["--rows", "3000", "--repeats", "1", "--epochs", "1", "--batch-size", "512", "--models", "shared_bottom,esmm"])
+    pr.main(["--rows", "3000", "--repeats", "1", "--epochs", "1", "--batch-size", "512", "--models", "shared_bottom,esmm",
+             "--device", "cpu", "--cpu-bf16"])
     out = capsys.readouterr().out
-    for needle in ("| shared_bottom", "| esmm", "ff/rechub", "conv AUC"):
+    for needle in ("| shared_bottom ", "| shared_bottom (bf16)", "| esmm ", "| esmm (bf16)", "ff/rechub", "conv AUC"):
         assert needle in out
+
+
+def test_bf16_runner_trains_under_cpu_autocast(data):
+    """--cpu-bf16 adds a funnelflow contender whose forward runs in bf16 (its GEMMs), weights fp32."""
+    args = pr.parse_args(["--cpu-bf16", "--batch-size", "512"])
+    keys = dict(pr.runners(args, torch.device("cpu")))
+    assert list(keys) == ["funnelflow", "funnelflow bf16", "rechub"]
+    run = keys["funnelflow bf16"](pr.model_config("mmoe", args), data, args, torch.device("cpu"), 0)
+    seen: list[torch.dtype] = []
+    linear = run.net.towers["click"][0]  # a Linear the forward calls (the gates ride in the expert GEMM)
+    linear.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+    run.train_epoch()
+    assert seen and set(seen) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in run.net.parameters())
+    fp32 = keys["funnelflow"](pr.model_config("mmoe", args), data, args, torch.device("cpu"), 0)
+    seen.clear()
+    fp32.net.towers["click"][0].register_forward_hook(
+        lambda mod, inp, out: seen.append(out.dtype))
+    fp32.train_epoch()
+    assert set(seen) == {torch.float32}
