@@ -44,16 +44,10 @@ def test_bf16_runner_trains_under_cpu_autocast(data):
     args = pr.parse_args(["--cpu-bf16", "--batch-size", "512"])
     keys = dict(pr.runners(args, torch.device("cpu")))
     assert list(keys) == ["funnelflow", "funnelflow bf16", "rechub"]
-    run = keys["funnelflow bf16"](pr.model_config("mmoe", args), data, args, torch.device("cpu"), 0)
-    seen: list[torch.dtype] = []
-    linear = run.net.towers["click"][0]  # a Linear the forward calls (the gates ride in the expert GEMM)
-    linear.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
-    run.train_epoch()
-    assert seen and set(seen) == {torch.bfloat16}
-    assert all(p.dtype == torch.float32 for p in run.net.parameters())
-    fp32 = keys["funnelflow"](pr.model_config("mmoe", args), data, args, torch.device("cpu"), 0)
-    seen.clear()
-    fp32.net.towers["click"][0].register_forward_hook(
-        lambda mod, inp, out: seen.append(out.dtype))
-    fp32.train_epoch()
-    assert set(seen) == {torch.float32}
+    for key, dtype in (("funnelflow bf16", torch.bfloat16), ("funnelflow", torch.float32)):
+        run = keys[key](pr.model_config("mmoe", args), data, args, torch.device("cpu"), 0)
+        seen: list[torch.dtype] = []
+        run.net.towers["click"][0].register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+        run.train_epoch()
+        assert seen and set(seen) == {dtype}
+        assert all(p.dtype == torch.float32 for p in run.net.parameters())

@@ -132,6 +132,25 @@ def test_batch_norm_off_keeps_parameter_names():
     assert "shared_gates.0.weight" in net.state_dict()
 
 
+def _randomise(net):
+    """Non-trivial weights and biases, so a wrong member/group pairing shows."""
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.5)
+
+
+def _assert_same_function(net, x, got, want):
+    """Equal outputs, and equal gradients for the input and every parameter."""
+    for t in want:
+        torch.testing.assert_close(got[t], want[t], rtol=1e-5, atol=1e-6)
+    g_got = torch.autograd.grad(sum(v.sum() for v in got.values()), [x, *net.parameters()], allow_unused=True)
+    g_want = torch.autograd.grad(sum(v.sum() for v in want.values()), [x, *net.parameters()], allow_unused=True)
+    for a, b in zip(g_got, g_want):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 def _ple_reference(net, x):
     """PLE written out expert by expert, from the module's own parameters (batch_norm off)."""
     T, k = net.T, net.k
@@ -157,19 +176,10 @@ def test_ple_matches_per_expert_reference():
     torch.manual_seed(0)
     cfg = ModelConfig(name="ple", embedding_dim=4, hidden=[8, 6, 5], tower=[4], experts=4, dropout=0.0)
     net = build_model(DEFAULT_FUNNEL, [7, 5], 3, cfg)
-    with torch.no_grad():  # non-trivial biases, so a wrong member/group pairing shows
-        for p in net.parameters():
-            p.normal_(0, 0.5)
+    _randomise(net)
     x = torch.randn(40, net.in_dim, requires_grad=True)
     got, want = net.task_reps(x), _ple_reference(net, x)
-    for t in want:
-        torch.testing.assert_close(got[t], want[t], rtol=1e-5, atol=1e-6)
-    g_got = torch.autograd.grad(sum(v.sum() for v in got.values()), [x, *net.parameters()], allow_unused=True)
-    g_want = torch.autograd.grad(sum(v.sum() for v in want.values()), [x, *net.parameters()], allow_unused=True)
-    for a, b in zip(g_got, g_want):
-        assert (a is None) == (b is None)
-        if a is not None:
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    _assert_same_function(net, x, got, want)
 
 
 def test_mmoe_matches_per_expert_reference():
@@ -178,9 +188,7 @@ def test_mmoe_matches_per_expert_reference():
     torch.manual_seed(0)
     cfg = ModelConfig(name="mmoe", embedding_dim=4, hidden=[8, 6, 5], tower=[4], experts=3, dropout=0.0)
     net = build_model(DEFAULT_FUNNEL, [7, 5], 3, cfg)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.normal_(0, 0.5)
+    _randomise(net)
     x = torch.randn(40, net.in_dim, requires_grad=True)
     experts = []
     for e in range(cfg.experts):
@@ -191,11 +199,4 @@ def test_mmoe_matches_per_expert_reference():
     gates = torch.softmax(net.gates(x).view(40, 3, cfg.experts), -1)
     want = {t: sum(gates[:, i, e:e + 1] * experts[e] for e in range(cfg.experts)) for i, t in enumerate(net.tasks.names)}
     got = net.task_reps(x)
-    for t in want:
-        torch.testing.assert_close(got[t], want[t], rtol=1e-5, atol=1e-6)
-    g_got = torch.autograd.grad(sum(v.sum() for v in got.values()), [x, *net.parameters()], allow_unused=True)
-    g_want = torch.autograd.grad(sum(v.sum() for v in want.values()), [x, *net.parameters()], allow_unused=True)
-    for a, b in zip(g_got, g_want):
-        assert (a is None) == (b is None)
-        if a is not None:
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    _assert_same_function(net, x, got, want)
