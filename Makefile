@@ -11,7 +11,7 @@ export PREFECT_LOGGING_LEVEL ?= WARNING
 # ibis (under Feast) warns on every DuckDB fetch; keep the run output readable
 export PYTHONWARNINGS ?= ignore::DeprecationWarning
 
-.PHONY: setup run test test-fast bench bench-serving bench-setup bench-peer clean
+.PHONY: setup run test test-fast lint bench bench-serving bench-setup bench-peer clean
 
 setup: $(VENV)/.installed
 
@@ -28,13 +28,18 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 run: setup
 	$(VENV)/bin/funnelflow run
 
-test: setup bench-setup
+test: setup bench-setup lint
 	$(PY) -m pytest -q
+
+# ruff (style, imports, docstrings) and mypy (types); both must be clean.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 test-fast: setup bench-setup
 	$(PY) -m pytest -q -m "not e2e"
 
-# Every benchmark, each printing its tables (README "Measured"); BENCH_ROWS=100000 for a quick pass.
+# Every benchmark, each printing its tables (docs/benchmarks.md); BENCH_ROWS=100000 for a quick pass.
 BENCH_ROWS ?= 100000 1000000 10000000
 BENCH_DIR ?= /tmp/funnelflow-bench
 bench: bench-setup

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import yaml
@@ -70,7 +71,7 @@ def plot(results: dict[int, dict[str, tuple[float, float]]], totals: dict[int, f
 
     sizes = sorted(results)
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    colors = plt.get_cmap("tab20").colors  # 20 distinct colours: one per step, none repeated
+    colors = plt.get_cmap("tab20")(range(20))  # 20 distinct colours: one per step, none repeated
     for i, step in enumerate(results[sizes[0]]):
         ax.plot(sizes, [max(results[r][step][0], 1e-2) for r in sizes], marker="os^D"[i % 4], lw=1,
                 color=colors[i % len(colors)], label=step.split(" --")[0])
@@ -143,7 +144,7 @@ def main(argv=None) -> None:
     if a.plot:
         plot(results, wall, a.plot)
         print(f"\nplot: {a.plot}")
-    for (r0, t0), (r1, t1) in zip(zip(sizes, totals), zip(sizes[1:], totals[1:])):
+    for (r0, t0), (r1, t1) in pairwise(zip(sizes, totals, strict=True)):
         print(f"\n{r0:,} -> {r1:,} rows: x{r1 / r0:.1f} rows, x{t1 / t0:.2f} time")
     print(f"\n(machine: {os.cpu_count()} cores; data under {work})")
 

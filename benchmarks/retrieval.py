@@ -70,7 +70,8 @@ def measure(rows: int, data_dir: Path, stores: list[str], max_gb: float, max_sec
         if r["killed"]:
             cells[name] = f"{r['killed']} ({r['seconds']:.0f} s)"
             continue
-        asked, got, unique = (int(x) for x in next(l for l in r["stdout"].splitlines() if l.startswith("ROWS")).split()[1:])
+        line = next(x for x in r["stdout"].splitlines() if x.startswith("ROWS"))
+        asked, got, _unique = (int(x) for x in line.split()[1:])
         dropped = f", **{asked - got:,} rows dropped ({(asked - got) / asked:.1%})**" if got != asked else ""
         cells[name] = f"{r['seconds']:.1f} s / {r['peak_gb']:.2f} GB{dropped}"
         print(f"{rows:>11,} {name:<8} {cells[name]}", flush=True)

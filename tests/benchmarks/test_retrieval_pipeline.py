@@ -21,7 +21,8 @@ def test_retrieval_counts_rows_and_kills(tmp_path, capsys):
 
 def test_replot_reads_saved_results(tmp_path, capsys):
     steps = {s: [float(i + 1), 0.5] for i, s in enumerate(pipeline.FLOW_STEPS)}
-    saved = {"rows": [1000, 10000], "flow": True, "results": {"1000": steps, "10000": {k: [v[0] * 5, 1.0] for k, v in steps.items()}},
+    bigger = {k: [v[0] * 5, 1.0] for k, v in steps.items()}
+    saved = {"rows": [1000, 10000], "flow": True, "results": {"1000": steps, "10000": bigger},
              "wall": {"1000": 100.0, "10000": 400.0}}
     (tmp_path / "results.json").write_text(json.dumps(saved))
     pipeline.main(["--replot", "--work-dir", str(tmp_path), "--plot", str(tmp_path / "p.png")])
