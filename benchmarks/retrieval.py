@@ -31,17 +31,24 @@ PREPARE = ["generate", "ingest", "features build", "features apply"]
 STORES = {"asof": "features.asof_offline_store.AsofDuckDBOfflineStore", "duckdb": "duckdb", "file": "file"}
 RETRIEVE = """
 import sys, pandas as pd
+from pathlib import Path
 from features import store
-data_dir, kind = sys.argv[1], sys.argv[2]
-imps = pd.read_parquet(data_dir + "/raw/impressions.parquet")
-fs = store.open_store(data_dir, kind)
+data_dir, kind = Path(sys.argv[1]), sys.argv[2]
+imps = pd.read_parquet(data_dir / "raw" / "impressions.parquet")
+fs = store.open_store(store.FeastPaths(data_dir / "feast", data_dir / "features"), kind)
 job = fs.get_historical_features(entity_df=imps, features=fs.get_feature_service("funnel_model_v1"),
                                  full_feature_names=True)
 df = job.to_df()
 print("ROWS", len(imps), len(df), df["impression_id"].nunique())
 """
 # What every run above pays before any work: Python, `import feast` (which imports torch), the registry.
-STARTUP = "import sys; from features import store; store.open_store(sys.argv[1]).get_feature_service('funnel_model_v1')"
+STARTUP = """
+import sys
+from pathlib import Path
+from features import store
+d = Path(sys.argv[1])
+store.open_store(store.FeastPaths(d / "feast", d / "features")).get_feature_service("funnel_model_v1")
+"""
 
 
 def prepare(rows: int, work: Path) -> Path:

@@ -4,7 +4,7 @@
 (``pandas.read_csv(chunksize=...)``), checks every chunk with ``features.contract.check_dataset``
 (plus the adapter's own layout checks, which name the *source CSV*), appends it to Parquet files with a
 ``pyarrow.parquet.ParquetWriter`` in a temporary sibling folder, and swaps the folder in only when
-the whole source converted (the same temp-folder + swap as ``contract.write_dataset``, whose
+the whole source converted (``models.atomic.atomic_dir``, as ``contract.write_dataset``, whose
 all-in-memory frames would not bound memory on the multi-GB originals). A failure leaves the previous
 raw snapshot untouched. Peak memory = one chunk + the per-entity snapshot state (one 8-byte hash per
 user/item key; none for census, whose user key is the row itself).
@@ -68,19 +68,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from features.contract import ContractError, FunnelDataset, _swap_in, check_dataset
+from features.contract import ContractError, FunnelDataset, check_dataset
+from models.atomic import atomic_dir
 from models.tasks import TaskGraph, TaskSpec
 
 EPOCH = pd.Timestamp("2020-01-01T00:00:00Z")
@@ -90,7 +89,7 @@ ID_BITS = np.uint64((1 << 63) - 1)
 
 # ----------------------------------------------------------------------------- helpers
 def stable_hash(values: pd.Series) -> np.ndarray:
-    """str values -> int64 ids (blake2b, 8 bytes, 63 bits); computed once per distinct value."""
+    """String values as int64 ids (blake2b, 8 bytes, 63 bits); computed once per distinct value."""
     codes, uniques = pd.factorize(values.astype(str).str.strip(), use_na_sentinel=False)
     ids = np.fromiter((int.from_bytes(hashlib.blake2b(u.encode("utf-8"), digest_size=8).digest(), "little")
                        & int(ID_BITS) for u in uniques), dtype=np.int64, count=len(uniques))
@@ -128,10 +127,12 @@ def as_int(df: pd.DataFrame, col: str, file: str) -> np.ndarray:
 
 
 def as_float(df: pd.DataFrame, col: str, file: str) -> np.ndarray:
+    """A numeric column as float64 (nulls stay NaN)."""
     return _numeric(df, col, file, "non-numeric value in a numeric column").to_numpy().astype(np.float64)
 
 
 def as_binary(df: pd.DataFrame, col: str, file: str) -> np.ndarray:
+    """A 0/1 label column as int8."""
     s = df[col]
     num = pd.to_numeric(s, errors="coerce")
     bad = ~num.isin([0, 1])
@@ -147,6 +148,7 @@ def _file_order(p: Path) -> tuple[int, str]:
 
 
 def source_files(source: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """``source`` itself, or the files of folder ``source`` with these suffixes in time order."""
     source = Path(source)
     if source.is_file():
         return [source]
@@ -174,13 +176,14 @@ class Converted:
 
 @dataclass
 class Adapter:
+    """One public layout: its task graph, time step between rows, file suffixes, reader and transform."""
+
     name: str
     tasks: TaskGraph
     step: pd.Timedelta
     suffixes: tuple[str, ...]
     read: Callable[[Path, int], Iterator[pd.DataFrame]]
     transform: Callable[[pd.DataFrame, str, int], Converted]  # (chunk, file name, file number)
-    notes: dict = field(default_factory=dict)
 
 
 def _read_header_csv(columns: list[str]) -> Callable[[Path, int], Iterator[pd.DataFrame]]:
@@ -303,7 +306,7 @@ def _read_census(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
 
 def _census(df: pd.DataFrame, file: str, file_no: int) -> Converted:
     num = {}
-    for c in CENSUS_CONTINUOUS + ["weeks_worked_in_year"]:
+    for c in [*CENSUS_CONTINUOUS, "weeks_worked_in_year"]:
         v = pd.to_numeric(df[c], errors="coerce")
         if v.isna().any():
             raise ContractError(file, c, "non-numeric value in a continuous column", _bad_rows(df, v.isna(), [c]))
@@ -358,6 +361,7 @@ ADAPTERS: dict[str, Adapter] = {
 
 
 def default_tasks(fmt: str) -> TaskGraph:
+    """The task graph of layout ``fmt`` (a copy)."""
     return _adapter(fmt).tasks.model_copy(deep=True)
 
 
@@ -382,9 +386,9 @@ class _Snapshots:
         emit_sorted = same_prev & (hs != np.r_[np.uint64(0), hs[:-1]])
         first = np.flatnonzero(~same_prev)
         last = self.last
-        emit_sorted[first] = [last.get(int(k)) != int(v) for k, v in zip(ks[first], hs[first])]
+        emit_sorted[first] = [last.get(int(k)) != int(v) for k, v in zip(ks[first], hs[first], strict=True)]
         is_last = np.r_[ks[1:] != ks[:-1], True]
-        last.update(zip(ks[is_last].tolist(), hs[is_last].tolist()))
+        last.update(zip(ks[is_last].tolist(), hs[is_last].tolist(), strict=True))
         mask = np.empty(len(keys), bool)
         mask[order] = emit_sorted
         return mask
@@ -394,7 +398,9 @@ class _Writer:
     """Append checked frames to one Parquet file per table (fixed schema from the first chunk)."""
 
     def __init__(self, path: Path):
-        self.path, self.writer, self.schema, self.rows = path, None, None, 0
+        self.path, self.rows = path, 0
+        self.writer: pq.ParquetWriter | None = None
+        self.schema: pa.Schema | None = None
         self.columns: list[str] = []
 
     def write(self, df: pd.DataFrame) -> None:
@@ -444,6 +450,31 @@ def _renamed(err: ContractError, file: str) -> ContractError:
     return new
 
 
+def _stream(adapter: Adapter, files: list[Path], tasks: TaskGraph, chunk_rows: int,
+            writers: dict[str, _Writer]) -> dict[str, int]:
+    """Convert, check and append every chunk of ``files``; returns the data rows per source file."""
+    user_snap, item_snap = _Snapshots(), _Snapshots()
+    rows_per_file: dict[str, int] = {}
+    next_id = 0
+    for file_no, path in enumerate(files):
+        rows_per_file[str(path)] = 0
+        for chunk in adapter.read(path, chunk_rows):
+            if not len(chunk):
+                continue
+            conv = adapter.transform(chunk, str(path), file_no)
+            ds = _frames(conv, next_id, adapter.step, user_snap, item_snap)
+            try:
+                ds = check_dataset(ds, tasks, source=str(path))
+            except ContractError as err:  # name the source CSV, not the would-be Parquet table
+                table = Path(err.file).stem
+                raise _renamed(err, f"{path} (as {table})") from err
+            for name, df in ds.tables().items():
+                writers[name].write(df)
+            next_id += len(chunk)
+            rows_per_file[str(path)] += len(chunk)
+    return rows_per_file
+
+
 def convert(fmt: str, source: Path, raw_dir: Path, tasks: TaskGraph | None = None,
             chunk_rows: int = DEFAULT_CHUNK_ROWS) -> dict:
     """Stream ``source`` (file or folder) of layout ``fmt`` into the raw snapshot ``raw_dir``.
@@ -452,53 +483,27 @@ def convert(fmt: str, source: Path, raw_dir: Path, tasks: TaskGraph | None = Non
     against it with ``check_dataset``. All or nothing: the snapshot is swapped in only when complete.
     """
     adapter = _adapter(fmt)
-    tasks = tasks or adapter.tasks
     files = source_files(Path(source), adapter.suffixes)
-    raw_dir = Path(raw_dir)
-    raw_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = raw_dir.with_name(f".{raw_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     t0 = time.perf_counter()
-    writers = {name: _Writer(tmp / f"{name}.parquet") for name in ("impressions", "users", "items")}
-    user_snap, item_snap = _Snapshots(), _Snapshots()
-    rows_per_file: dict[str, int] = {}
-    next_id = 0
-    try:
-        for file_no, path in enumerate(files):
-            rows_per_file[str(path)] = 0
-            for chunk in adapter.read(path, chunk_rows):
-                if not len(chunk):
-                    continue
-                conv = adapter.transform(chunk, str(path), file_no)
-                ds = _frames(conv, next_id, adapter.step, user_snap, item_snap)
-                try:
-                    ds = check_dataset(ds, tasks, source=str(path))
-                except ContractError as err:  # name the source CSV, not the would-be Parquet table
-                    table = Path(err.file).stem
-                    raise _renamed(err, f"{path} (as {table})") from err
-                for name, df in ds.tables().items():
-                    writers[name].write(df)
-                next_id += len(chunk)
-                rows_per_file[str(path)] += len(chunk)
-        for w in writers.values():
-            w.close()
-        if next_id == 0:
+    with atomic_dir(raw_dir) as tmp:
+        writers = {name: _Writer(tmp / f"{name}.parquet") for name in ("impressions", "users", "items")}
+        try:
+            rows_per_file = _stream(adapter, files, tasks or adapter.tasks, chunk_rows, writers)
+        finally:
+            for w in writers.values():
+                w.close()
+        rows = sum(rows_per_file.values())
+        if rows == 0:
             raise ContractError(str(source), "-", "source has no data rows")
         seconds = time.perf_counter() - t0
-        last_ts = EPOCH + adapter.step * (next_id - 1)
         summary = {
             "tables": {name: {"rows": w.rows, "columns": w.columns} for name, w in writers.items()},
-            "time_range": [EPOCH.isoformat(), last_ts.isoformat()],
+            "time_range": [EPOCH.isoformat(), (EPOCH + adapter.step * (rows - 1)).isoformat()],
             "source": str(source), "format": fmt, "files": rows_per_file,
             "synthesised": {"event_timestamp": f"{EPOCH.isoformat()} + impression_id * {adapter.step}",
-                            "profile_snapshots": f"stamped {adapter.step / 2} before the first impression carrying them"},
-            "convert_seconds": round(seconds, 3), "rows_per_sec": round(next_id / max(seconds, 1e-9)),
+                            "profile_snapshots": f"stamped {adapter.step / 2} before the first impression "
+                                                 "carrying them"},
+            "convert_seconds": round(seconds, 3), "rows_per_sec": round(rows / max(seconds, 1e-9)),
         }
         (tmp / "snapshot.json").write_text(json.dumps(summary, indent=2))
-        _swap_in(tmp, raw_dir)
-    finally:
-        for w in writers.values():
-            w.close()
-        shutil.rmtree(tmp, ignore_errors=True)
     return summary

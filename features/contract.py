@@ -3,18 +3,19 @@
 The layout is documented in docs/funnel-dataset.md (the public interface). Any rule broken stops ingestion with a
 ``ContractError`` that names the file, the column, the rule and a few offending rows; the raw snapshot
 is written to a temporary folder and swapped in only once complete, so nothing partial is left behind.
+
+``MissingInput`` is the error of every loader in ``features/`` whose input an earlier step writes.
 """
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from models.atomic import atomic_dir
 from models.tasks import TaskGraph
 
 TABLES = {"impressions": "impression_id", "users": "user_id", "items": "item_id"}
@@ -31,10 +32,41 @@ class ContractError(ValueError):
         if rows is not None and len(rows):
             msg += f" ({len(rows)} rows); first offending rows:\n{rows.head(MAX_SHOWN_ROWS).to_string()}"
         super().__init__(msg)
+        self._args = (file, column, rule, rows)
+
+    def __reduce__(self) -> tuple[type, tuple]:
+        # Prefect may persist a failed task's exception: rebuild it from the constructor's arguments.
+        return (type(self), self._args)
+
+
+class MissingInput(FileNotFoundError):
+    """An input that an earlier step writes is missing; the message names it and the command that makes it."""
+
+    def __init__(self, path: Path | str, command: str):
+        self.path, self.command = Path(path), command
+        super().__init__(f"{path} is missing: run `funnelflow {command}` first")
+
+    def __reduce__(self) -> tuple[type, tuple]:
+        return (type(self), (self.path, self.command))
+
+
+def require_input(path: Path | str, command: str) -> Path:
+    """``path`` if it exists, else ``MissingInput`` naming ``command`` (the step that writes it)."""
+    path = Path(path)
+    if not path.exists():
+        raise MissingInput(path, command)
+    return path
+
+
+def raw_table(raw_dir: Path | str, name: str) -> Path:
+    """The Parquet file of table ``name`` (impressions, users, items) in the raw snapshot ``raw_dir``."""
+    return require_input(Path(raw_dir) / f"{name}.parquet", "ingest")
 
 
 @dataclass
 class FunnelDataset:
+    """The three tables of a dataset in the contract layout."""
+
     impressions: pd.DataFrame
     users: pd.DataFrame
     items: pd.DataFrame
@@ -161,31 +193,16 @@ def check_dataset(ds: FunnelDataset, tasks: TaskGraph, source: str = "") -> Funn
 
 def write_dataset(ds: FunnelDataset, out_dir: Path | str, extra: dict | None = None) -> dict:
     """Write atomically: build in a sibling temp folder, then swap it in (old snapshot removed last)."""
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    summary = {"tables": {}, **(extra or {})}
-    try:
+    summary: dict = {"tables": {}, **(extra or {})}
+    with atomic_dir(out_dir) as tmp:
         for name, df in ds.tables().items():
             df.to_parquet(tmp / f"{name}.parquet", index=False, coerce_timestamps="us",
                           allow_truncated_timestamps=False)
-            summary["tables"][name] = {"rows": int(len(df)), "columns": list(map(str, df.columns))}
+            summary["tables"][name] = {"rows": len(df), "columns": list(map(str, df.columns))}
         ts = ds.impressions["event_timestamp"]
         summary["time_range"] = [ts.min().isoformat(), ts.max().isoformat()]
         (tmp / "snapshot.json").write_text(json.dumps(summary, indent=2))
-        _swap_in(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return summary
-
-
-def _swap_in(tmp: Path, out_dir: Path) -> None:
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    if out_dir.exists():
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def ingest(source: Path | str, raw_dir: Path | str, tasks: TaskGraph) -> dict:

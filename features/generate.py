@@ -28,6 +28,8 @@ VALUE_SIGMA = 0.9        # log-normal noise of the value: heavy right tail
 
 @dataclass
 class FunnelData:
+    """A generated dataset (contract layout) and its oracle."""
+
     impressions: pd.DataFrame
     users: pd.DataFrame
     items: pd.DataFrame
@@ -150,8 +152,8 @@ def generate(rows: int, days: int = 30, seed: int = 7, users: int | None = None,
     n_items = items or max(100, rows // 200)
     t0 = pd.Timestamp(start, tz="UTC")
     t1 = t0 + pd.Timedelta(days=days)
-    user_df, U = _users(n_users, t0, t1, rng)
-    item_df, I = _items(n_items, t0, t1, rng)
+    user_df, user_hidden = _users(n_users, t0, t1, rng)
+    item_df, item_hidden = _items(n_items, t0, t1, rng)
 
     u = rng.choice(n_users, rows, p=_zipf_probs(n_users, 0.6, rng))
     it = rng.choice(n_items, rows, p=_zipf_probs(n_items, 0.8, rng))
@@ -172,19 +174,19 @@ def generate(rows: int, days: int = 30, seed: int = 7, users: int | None = None,
     log_price = np.log(istate["price"].to_numpy(float))
     rating = istate["rating"].to_numpy(float)
 
-    ul, il = U["lat"], I["lat"]
+    ul, il = user_hidden["lat"], item_hidden["lat"]
     affinity_click = np.einsum("ij,ij->i", ul[u, :4], il[it, :4]) * 0.45
     affinity_conv = np.einsum("ij,ij->i", ul[u, 2:6], il[it, 2:6]) * 0.45  # overlaps click's factors
     hour_effect = 0.25 * np.cos((hour - 20) / 24 * 2 * np.pi)
-    click_logit = (U["click_bias"][u] + I["quality"][it] + affinity_click - 0.35 * np.log(position)
+    click_logit = (user_hidden["click_bias"][u] + item_hidden["quality"][it] + affinity_click - 0.35 * np.log(position)
                    + hour_effect + np.array([0.0, 0.15, -0.2])[device] + 0.2 * (rating - 3.6))
-    conv_logit = (U["conv_bias"][u] + 0.5 * I["quality"][it] + affinity_conv + 0.25 * membership
-                  - U["price_sens"][u] * (log_price - 3.0) + 0.3 * (device == 0))
+    conv_logit = (user_hidden["conv_bias"][u] + 0.5 * item_hidden["quality"][it] + affinity_conv + 0.25 * membership
+                  - user_hidden["price_sens"][u] * (log_price - 3.0) + 0.3 * (device == 0))
     p_click = 1 / (1 + np.exp(-(click_logit + _solve_bias(click_logit, CLICK_RATE))))
     # Calibrate the conversion rate among clicks: weight each impression by its click probability.
     p_cvr = 1 / (1 + np.exp(-(conv_logit + _solve_bias(conv_logit, CVR_GIVEN_CLICK, p_click))))
     # Value (e.g. revenue) given conversion: log-normal around price x spend propensity x quantity.
-    mu = log_price + U["spend"][u] + 0.3 * np.einsum("ij,ij->i", ul[u, 6:], il[it, 6:]) * 0.5
+    mu = log_price + user_hidden["spend"][u] + 0.3 * np.einsum("ij,ij->i", ul[u, 6:], il[it, 6:]) * 0.5
     value_given_conv = np.exp(mu + VALUE_SIGMA**2 / 2)
 
     click = rng.random(rows) < p_click

@@ -1,90 +1,163 @@
-"""Thin wrappers over the real Feast APIs: apply the repo, materialize, retrieve point-in-time features.
+"""Feast, configured in code: apply the registry's views, materialize, retrieve point-in-time features.
 
-The embedded defaults keep every Feast file under ``<data dir>/feast``; feature_store.yaml reads the
-data dir from ``$FUNNELFLOW_DATA_DIR``, which ``open_store`` sets (to an absolute path) before Feast
-parses the file.
+Each store is built from explicit folders (``FeastPaths``): Feast's registry and online store under
+one, the feature tables its views read under the other. Nothing goes through the environment, so two
+stores on two data dirs in one process do not see each other. The embedded defaults: the repo's ASOF
+DuckDB offline store, a SQLite online store and a SQLite (SQL) registry. ``feature_repo/`` holds the
+same settings as a feature_store.yaml for the ``feast`` CLI; a test keeps the two equal.
 """
 from __future__ import annotations
 
-import importlib.util
-import logging
-import os
-import sys
-from datetime import datetime, timedelta
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-REPO_PATH = Path(__file__).resolve().parent / "feature_repo"
-VIEWS = ["user_profile", "item_profile", "user_activity", "item_activity"]
-KEYS = {"user_profile": "user_id", "user_activity": "user_id", "item_profile": "item_id", "item_activity": "item_id"}
-log = logging.getLogger(__name__)
+from features.contract import MissingInput, require_input
+from features.engineering import TablesMeta, read_tables_meta, table_path
+from features.views import Entity as EntitySpec
+from features.views import View, Views
+
+if TYPE_CHECKING:
+    from feast import Entity, FeatureStore, FeatureView
+    from feast.repo_config import RepoConfig
+
+PROJECT = "funnelflow"
+ASOF = "features.asof_offline_store.AsofDuckDBOfflineStore"
+# Profiles and aggregates hold until superseded: the tables are already point-in-time stamped
+# (see features/engineering.py), so the TTL only bounds how far back the join looks.
+NO_EXPIRY = timedelta(days=3650)
 
 
-def _set_data_dir(data_dir: Path | str) -> Path:
-    data_dir = Path(data_dir).resolve()
-    (data_dir / "feast").mkdir(parents=True, exist_ok=True)
-    os.environ["FUNNELFLOW_DATA_DIR"] = str(data_dir)
-    return data_dir
+@dataclass(frozen=True)
+class FeastPaths:
+    """The folders of one Feast store, made absolute (DuckDB and SQLite resolve relative paths against
+    the current directory).
 
-
-def open_store(data_dir: Path | str, offline_store: str | None = None):
-    """A FeatureStore on this repo's feature_store.yaml, with its files under ``data_dir``.
-
-    ``offline_store`` swaps the offline store type (e.g. "duckdb", "file") for comparisons; the
-    registry and every definition stay the same.
+    Attributes:
+        feast: the registry (registry.db) and the online store (online.db).
+        tables: the feature tables that the feature views read (``features build`` writes them).
     """
-    _set_data_dir(data_dir)
-    from feast import FeatureStore  # imported late: `import feast` costs seconds
-    from feast.repo_config import load_repo_config
 
-    if offline_store is None:
-        return FeatureStore(repo_path=str(REPO_PATH))
-    config = load_repo_config(REPO_PATH, REPO_PATH / "feature_store.yaml")
-    config.offline_config = {"type": offline_store}
-    return FeatureStore(repo_path=str(REPO_PATH), config=config)
+    feast: Path
+    tables: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "feast", Path(self.feast).resolve())
+        object.__setattr__(self, "tables", Path(self.tables).resolve())
+
+    @property
+    def registry(self) -> Path:
+        """Feast's SQL registry (SQLite)."""
+        return self.feast / "registry.db"
+
+    @property
+    def online(self) -> Path:
+        """Feast's SQLite online store."""
+        return self.feast / "online.db"
 
 
-def _load_definitions():
-    """Import feature_repo/definitions.py fresh, so schemas follow the current feature tables."""
-    spec = importlib.util.spec_from_file_location("funnelflow_feature_definitions", REPO_PATH / "definitions.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.pop(spec.name, None)
-    spec.loader.exec_module(module)
-    return module
+def repo_config(paths: FeastPaths, offline_store: str = ASOF) -> RepoConfig:
+    """Feast's configuration for the store in ``paths``; ``offline_store`` swaps the offline store type
+    (e.g. "duckdb", "file") for comparisons, the registry and every definition staying the same."""
+    from feast.repo_config import RepoConfig  # imported late: `import feast` costs seconds
+
+    offline: dict[str, Any] = {"type": offline_store}
+    if offline_store == ASOF:
+        offline["tables"] = str(paths.tables)
+    return RepoConfig(
+        project=PROJECT,
+        provider="local",
+        registry={"registry_type": "sql", "path": f"sqlite:///{paths.registry}", "cache_ttl_seconds": 60},
+        online_store={"type": "sqlite", "path": str(paths.online)},
+        offline_store=offline,
+        entity_key_serialization_version=3,
+        auth={"type": "no_auth"},
+        repo_path=paths.feast,
+    )
 
 
-def apply(data_dir: Path | str) -> list[str]:
-    """Register entities, feature views and the feature service (what `feast apply` does)."""
-    store = open_store(data_dir)
-    defs = _load_definitions()
-    objects = [defs.user, defs.item, *(getattr(defs, v) for v in VIEWS), defs.funnel_model_v1]
-    store.apply(objects)
+def open_store(paths: FeastPaths, offline_store: str = ASOF) -> FeatureStore:
+    """A FeatureStore on ``paths`` (see ``repo_config``)."""
+    from feast import FeatureStore
+
+    paths.feast.mkdir(parents=True, exist_ok=True)
+    return FeatureStore(repo_path=str(paths.feast), config=repo_config(paths, offline_store))
+
+
+def _open_applied(paths: FeastPaths, offline_store: str = ASOF) -> FeatureStore:
+    """A store whose registry exists: opening a missing one would create it empty."""
+    require_input(paths.registry, "features apply")
+    return open_store(paths, offline_store)
+
+
+def _entity(entity: EntitySpec) -> Entity:
+    from feast import Entity, ValueType
+
+    return Entity(name=entity.name, join_keys=[entity.key], value_type=ValueType.INT64,
+                  description=entity.description)
+
+
+def _feature_view(view: View, entity: Entity, tables: Path, meta: TablesMeta) -> FeatureView:
+    """The Feast view of ``view``: its schema is its table's columns as recorded in tables.json, so a
+    user's own profile columns (int64 categorical / float64 numeric, per the contract) flow through."""
+    from feast import FeatureView, Field, FileSource
+    from feast.types import Float64, Int64
+
+    path = table_path(tables, view.name)
+    if view.name not in meta.views:
+        raise MissingInput(path, "features build")
+    schema = [Field(name=col, dtype=Int64 if m.dtype == "int64" else Float64)
+              for col, m in meta.views[view.name].features.items()]
+    return FeatureView(
+        name=view.name,
+        entities=[entity],
+        ttl=NO_EXPIRY,
+        schema=schema,
+        source=FileSource(name=f"{view.name}_source", path=str(require_input(path, "features build")),
+                          timestamp_field="event_timestamp"),
+        online=True,
+        description=view.description,
+        tags={"kind": view.kind},
+    )
+
+
+def feast_objects(tables: Path, service: str, views: Views) -> list:
+    """Entities, one feature view per registry entry on the tables in ``tables``, and the feature
+    service ``service`` serving every view."""
+    from feast import FeatureService
+
+    meta = read_tables_meta(tables)
+    entities = {e.name: _entity(e) for e in views.entities}
+    feature_views = [_feature_view(v, entities[v.entity.name], tables, meta) for v in views]
+    served = FeatureService(name=service, features=list(feature_views),
+                            description="Every feature the funnel models read")
+    return [*entities.values(), *feature_views, served]
+
+
+def apply(paths: FeastPaths, service: str, views: Views) -> list[str]:
+    """Register the entities, feature views and the feature service (what `feast apply` does)."""
+    objects = feast_objects(paths.tables, service, views)
+    open_store(paths).apply(objects)
     return [o.name for o in objects]
 
 
-def table_time_range(data_dir: Path | str) -> tuple[datetime, datetime]:
-    tables = Path(data_dir) / "features"
-    lo, hi = [], []
-    for v in VIEWS:
-        ts = pd.read_parquet(tables / f"{v}.parquet", columns=["event_timestamp"])["event_timestamp"]
-        lo.append(ts.min())
-        hi.append(ts.max())
-    return min(lo).to_pydatetime(), max(hi).to_pydatetime()
-
-
-def materialize(data_dir: Path | str) -> dict:
+def materialize(paths: FeastPaths) -> dict:
     """Load the latest feature values of every entity into the SQLite online store."""
-    store = open_store(data_dir)
-    start, end = table_time_range(data_dir)
+    meta = read_tables_meta(paths.tables)
+    start = min(v.time_range[0] for v in meta.views.values())
+    end = max(v.time_range[1] for v in meta.views.values())
+    store = _open_applied(paths)
     store.materialize(start_date=start - timedelta(seconds=1), end_date=end + timedelta(seconds=1))
-    return {"start": start.isoformat(), "end": end.isoformat(), "views": VIEWS}
+    return {"start": start.isoformat(), "end": end.isoformat(), "views": list(meta.views)}
 
 
-def historical_feature_batches(data_dir: Path | str, entity_df: pd.DataFrame, feature_service: str,
-                               chunk_rows: int = 1_000_000, offline_store: str | None = None) -> Iterator[pd.DataFrame]:
+def historical_feature_batches(paths: FeastPaths, entity_df: pd.DataFrame, feature_service: str,
+                               chunk_rows: int = 1_000_000, offline_store: str = ASOF) -> Iterator[pd.DataFrame]:
     """Point-in-time join of the feature service onto ``entity_df``, one frame per ``chunk_rows`` rows.
 
     Each frame holds that chunk's rows in ``entity_df``'s order with ``<view>__<feature>`` columns
@@ -93,7 +166,7 @@ def historical_feature_batches(data_dir: Path | str, entity_df: pd.DataFrame, fe
     """
     from tqdm.auto import tqdm
 
-    store = open_store(data_dir, offline_store)
+    store = _open_applied(paths, offline_store)
     service = store.get_feature_service(feature_service)
     starts = range(0, len(entity_df), chunk_rows)
     for start in tqdm(starts, desc="point-in-time join", unit="chunk", disable=len(starts) < 3):
@@ -113,9 +186,3 @@ def _in_entity_order(df: pd.DataFrame, chunk: pd.DataFrame) -> pd.DataFrame:
         df = df.set_index("impression_id").loc[ids].reset_index()[df.columns]
     df.index = pd.RangeIndex(len(df))  # no copy (reset_index would copy every column)
     return df
-
-
-def online_features(data_dir: Path | str, entity_rows: list[dict], feature_service: str) -> pd.DataFrame:
-    store = open_store(data_dir)
-    service = store.get_feature_service(feature_service)
-    return store.get_online_features(features=service, entity_rows=entity_rows, full_feature_names=True).to_df()

@@ -1,36 +1,38 @@
 """Great Expectations 1.x validation of the training set, with Data Docs and a readable summary.
 
-The suite checks: schema and dtypes, null rates per feature, value ranges (ids, counts, rates,
-labels), label rates inside configured bands, the funnel rules (no step without its parent), and drift
-of feature means against the previous *accepted* training set (skipped on the first run). A passing
-run records the current means as the next run's reference; a failing run never does.
+The suite checks: schema and dtypes, null rates per feature, value ranges (ids, labels, and each
+feature's bounds as its view declares them: ``features.views``, via the training-set manifest), label
+rates inside configured bands, the funnel rules (no step without its parent), and drift of feature
+means against the previous *accepted* training set (skipped on the first run). A passing run records
+the current means as the next run's reference; a failing run never does.
 """
 from __future__ import annotations
 
 import json
-import logging
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict
+from pydantic import Field
 
+from features.contract import require_input
+from features.training_set import MANIFEST, SPLITS, read_frame
+from models.atomic import atomic_dir, write_json, write_text
+from models.strict import Strict
 from models.tasks import TaskGraph
 
-log = logging.getLogger(__name__)
-RATE_MARKERS = ("_rate_", "_per_")
-COUNT_SUFFIXES = ("impressions_", "s_")
+Bounds = dict[str, list[float | None]]  # {column: [min, max]}, None: unchecked (the manifest's "bounds")
 
 
-class ValidationConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    max_null_fraction: float = 0.05
-    label_rate_bands: dict[str, tuple[float, float]] = {}
+class ValidationConfig(Strict):
+    """The ``validation`` section of params.yaml."""
+
+    max_null_fraction: float = 0.0  # after the training-set step fills missing history, no nulls remain
+    label_rate_bands: dict[str, tuple[float, float]] = Field(
+        default_factory=lambda: {"click": (0.005, 0.5), "conversion": (0.0002, 0.2)})
     drift_max_shift_std: float = 0.5
-    drift_features: list[str] = []  # empty: every numeric feature
+    drift_features: tuple[str, ...] = ()  # empty: every numeric feature
 
 
 class ValidationFailed(RuntimeError):
@@ -39,6 +41,8 @@ class ValidationFailed(RuntimeError):
 
 @dataclass
 class ValidationReport:
+    """The outcome of a validation run: counts, failed expectations, drift reference, Data Docs."""
+
     success: bool
     evaluated: int
     failed: list[dict] = field(default_factory=list)
@@ -46,13 +50,17 @@ class ValidationReport:
     docs_index: str | None = None
 
     def to_markdown(self) -> str:
+        """The readable summary: a headline and a table of the failed expectations."""
         head = "PASSED" if self.success else "FAILED"
-        lines = [f"## Training-set validation {head}: {self.evaluated - len(self.failed)}/{self.evaluated} expectations met",
+        met = self.evaluated - len(self.failed)
+        lines = [f"## Training-set validation {head}: {met}/{self.evaluated} expectations met",
                  f"Drift reference: {self.drift_reference or 'none (first accepted training set)'}"]
         if self.failed:
-            lines += ["", "| expectation | column | observed | expected | sample of unexpected |", "|---|---|---|---|---|"]
+            lines += ["", "| expectation | column | observed | expected | sample of unexpected |",
+                      "|---|---|---|---|---|"]
             for f in self.failed:
-                lines.append(f"| {f['expectation']} | {f['column']} | {f['observed']} | {f['expected']} | {f['unexpected']} |")
+                cells = (f["expectation"], f["column"], f["observed"], f["expected"], f["unexpected"])
+                lines.append("| " + " | ".join(map(str, cells)) + " |")
         if self.docs_index:
             lines += ["", f"Data Docs: {self.docs_index}"]
         return "\n".join(lines)
@@ -66,12 +74,9 @@ def feature_columns(df: pd.DataFrame, tasks: TaskGraph) -> tuple[list[str], list
     return cats, nums
 
 
-def _is_activity(col: str) -> bool:
-    return col.startswith(("user_activity__", "item_activity__"))
-
-
-def build_suite(schema: dict[str, str], tasks: TaskGraph, cfg: ValidationConfig, reference: dict | None):
-    """The expectation list for a frame of this declared schema ({column: dtype}), as a plain list."""
+def build_suite(schema: dict[str, str], bounds: Bounds, tasks: TaskGraph, cfg: ValidationConfig,
+                reference: dict | None) -> list:
+    """The expectation list for a frame of this declared schema ({column: dtype}) and feature bounds."""
     import great_expectations.expectations as gxe
     from great_expectations.expectations.row_conditions import Column
 
@@ -88,10 +93,11 @@ def build_suite(schema: dict[str, str], tasks: TaskGraph, cfg: ValidationConfig,
     for col in nums:
         exps.append(gxe.ExpectColumnValuesToBeOfType(column=col, type_="float64"))
         exps.append(gxe.ExpectColumnValuesToNotBeNull(column=col, mostly=1.0 - cfg.max_null_fraction))
-        if _is_activity(col):  # ranges as min/max aggregates: row-wise map checks cost ~2 s per 1M rows
-            exps.append(gxe.ExpectColumnMinToBeBetween(column=col, min_value=0.0))
-            if any(m in col for m in RATE_MARKERS):
-                exps.append(gxe.ExpectColumnMaxToBeBetween(column=col, max_value=1.0))
+    for col, (lo, hi) in bounds.items():  # as min/max aggregates: row-wise map checks cost ~2 s per 1M rows
+        if lo is not None:
+            exps.append(gxe.ExpectColumnMinToBeBetween(column=col, min_value=lo))
+        if hi is not None:
+            exps.append(gxe.ExpectColumnMaxToBeBetween(column=col, max_value=hi))
     for t in tasks.tasks:
         exps.append(gxe.ExpectColumnValuesToNotBeNull(column=t.column))
         if t.kind == "binary":
@@ -144,6 +150,7 @@ def _context(docs_dir: Path):
 
 
 def reference_stats(df: pd.DataFrame, tasks: TaskGraph) -> dict:
+    """Mean and std of every numeric feature: the next run's drift reference."""
     _, nums = feature_columns(df, tasks)
     return {"means": {c: {"mean": float(np.nanmean(df[c])), "std": float(np.nanstd(df[c]))} for c in nums}}
 
@@ -176,27 +183,34 @@ def _drop_cached_batches(source) -> None:
 
 
 def validate_frame(df: pd.DataFrame, tasks: TaskGraph, cfg: ValidationConfig, out_dir: Path | str,
-                   schema: dict[str, str], reference: dict | None = None) -> ValidationReport:
+                   schema: dict[str, str], bounds: Bounds, reference: dict | None = None) -> ValidationReport:
     """Run the suite through GX checkpoints (which also build Data Docs under out_dir/data_docs).
 
-    ``schema`` is the declared {column: dtype} (the training-set manifest's, from the Feast views'
-    types), never read off ``df`` itself, so a column of the wrong type fails instead of being
-    re-declared.
+    ``schema`` is the declared {column: dtype} and ``bounds`` the declared {column: [min, max]} (the
+    training-set manifest's, from the feature views), never read off ``df`` itself, so a column of the
+    wrong type fails instead of being re-declared.
 
     The suite runs as one checkpoint per column group (``training_set.<group>``: the table, the labels,
     each Feast view, the context columns), each on a frame of only its columns: GX's pandas engine
     copies its whole batch to filter rows for each column check, which at 10M impressions x 57 columns
     went past 20 GB; on narrow batches a copy is a few columns."""
+    groups: dict[str, list] = {}
+    for e in build_suite(schema, bounds, tasks, cfg, reference):
+        groups.setdefault(_group_of(e, tasks), []).append(e)
+    docs_dir = (Path(out_dir) / "data_docs").resolve()
+    with atomic_dir(docs_dir) as tmp:  # the previous run's docs stay until these are complete
+        success, results = _run_groups(df, groups, tasks, _context(tmp))
+        has_index = (tmp / "index.html").exists()
+    failed = [_failure_row(r) for r in results if not r.success]
+    return ValidationReport(success=success, evaluated=len(results), failed=failed,
+                            docs_index=str(docs_dir / "index.html") if has_index else None)
+
+
+def _run_groups(df: pd.DataFrame, groups: dict[str, list], tasks: TaskGraph, ctx) -> tuple[bool, list]:
+    """One checkpoint per column group, each on a frame of its columns only; (success, results)."""
     import great_expectations as gx
 
-    out_dir = Path(out_dir)
-    docs_dir = (out_dir / "data_docs").resolve()
-    shutil.rmtree(docs_dir, ignore_errors=True)
-    ctx = _context(docs_dir)
     source = ctx.data_sources.add_pandas("training_set")
-    groups: dict[str, list] = {}
-    for e in build_suite(schema, tasks, cfg, reference):
-        groups.setdefault(_group_of(e, tasks), []).append(e)
     results, success = [], True
     for group, exps in groups.items():
         name = f"training_set.{group}"
@@ -213,39 +227,31 @@ def validate_frame(df: pd.DataFrame, tasks: TaskGraph, cfg: ValidationConfig, ou
         _drop_cached_batches(source)
         success &= result.success
         results += [r for vr in result.run_results.values() for r in vr.results]
-    failed = [_failure_row(r) for r in results if not r.success]
-    index = docs_dir / "index.html"
-    return ValidationReport(success=success, evaluated=len(results), failed=failed,
-                            docs_index=str(index) if index.exists() else None)
+    return success, results
 
 
 def read_training_set(training_set_dir: Path) -> pd.DataFrame:
     """All splits as one frame, read once (no concat copy of the whole set)."""
-    from features.training_set import read_frame
-
-    return read_frame(*(training_set_dir / f"{s}.parquet" for s in ("train", "validation", "test")))
+    return read_frame(*(require_input(training_set_dir / f"{s}.parquet", "training-set") for s in SPLITS))
 
 
 def validate_training_set(training_set_dir: Path | str, out_dir: Path | str, tasks: TaskGraph,
                           cfg: ValidationConfig, raise_on_failure: bool = True) -> ValidationReport:
     """Validate all splits together; write summary.json/.md; on success make these means the reference."""
     training_set_dir, out_dir = Path(training_set_dir), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = json.loads(require_input(training_set_dir / MANIFEST, "training-set").read_text())
     df = read_training_set(training_set_dir)
     ref_path = out_dir / "reference.json"
     reference = json.loads(ref_path.read_text()) if ref_path.exists() else None
-    manifest = json.loads((training_set_dir / "manifest.json").read_text())
-    report = validate_frame(df, tasks, cfg, out_dir, manifest["schema"], reference)
+    report = validate_frame(df, tasks, cfg, out_dir, manifest["schema"], manifest["bounds"], reference)
     if reference is not None:
         report.drift_reference = reference.get("data_hash", str(ref_path))
     summary = {"success": report.success, "evaluated": report.evaluated, "failed": report.failed,
                "drift_reference": report.drift_reference, "docs_index": report.docs_index}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    (out_dir / "summary.md").write_text(report.to_markdown())
+    write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=str))
+    write_text(out_dir / "summary.md", report.to_markdown())
     if report.success:
-        tmp = ref_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"data_hash": manifest.get("data_hash"), **reference_stats(df, tasks)}, indent=2))
-        os.replace(tmp, ref_path)
+        write_json(ref_path, {"data_hash": manifest.get("data_hash"), **reference_stats(df, tasks)})
     elif raise_on_failure:
         raise ValidationFailed(report.to_markdown())
     return report

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.adapters import ADAPTERS, CENSUS_COLUMNS, convert, default_tasks, stable_hash
+from features.adapters import ADAPTERS, convert, default_tasks, stable_hash
 from features.contract import ContractError, check_dataset, read_dataset
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"

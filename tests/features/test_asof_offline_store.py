@@ -4,13 +4,14 @@ import pandas as pd
 import pytest
 
 from features import store
+from features.store import FeastPaths
 
 pytestmark = pytest.mark.e2e
 ASOF = "features.asof_offline_store.AsofDuckDBOfflineStore"
 
 
-def _retrieve(data_dir, entity_df, offline_store):
-    fs = store.open_store(data_dir, offline_store)
+def _retrieve(paths, entity_df, offline_store):
+    fs = store.open_store(FeastPaths(paths.feast, paths.features), offline_store)
     want = "AsofDuckDBOfflineStoreConfig" if offline_store == ASOF else "DuckDBOfflineStoreConfig"
     assert type(fs.config.offline_store).__name__ == want
     job = fs.get_historical_features(entity_df=entity_df, features=fs.get_feature_service("funnel_model_v1"),
@@ -30,8 +31,8 @@ def entities(pipeline_data):
 
 
 def test_same_rows_and_values_as_feasts_duckdb_store(pipeline_data, entities):
-    ours = _retrieve(pipeline_data.root, entities, ASOF)
-    stock = _retrieve(pipeline_data.root, entities, "duckdb")
+    ours = _retrieve(pipeline_data, entities, ASOF)
+    stock = _retrieve(pipeline_data, entities, "duckdb")
     assert len(ours) == len(stock) == len(entities)
     stock = stock.set_index("impression_id").loc[ours["impression_id"]].reset_index()[ours.columns]
     pd.testing.assert_frame_equal(ours, stock, check_dtype=False)
@@ -39,7 +40,7 @@ def test_same_rows_and_values_as_feasts_duckdb_store(pipeline_data, entities):
 
 
 def test_keeps_the_entity_order(pipeline_data, entities):
-    ours = _retrieve(pipeline_data.root, entities, ASOF)
+    ours = _retrieve(pipeline_data, entities, ASOF)
     np.testing.assert_array_equal(ours["impression_id"].to_numpy(), entities["impression_id"].to_numpy())
 
 
@@ -47,5 +48,5 @@ def test_rows_older_than_the_ttl_are_not_returned(pipeline_data, entities):
     """The views' TTL is 3650 days: impressions 11 years later see nothing, in both stores."""
     late = entities.head(200).assign(event_timestamp=entities["event_timestamp"].head(200) + pd.Timedelta(days=4000))
     for kind in (ASOF, "duckdb"):
-        feats = _retrieve(pipeline_data.root, late, kind).filter(like="__")
+        feats = _retrieve(pipeline_data, late, kind).filter(like="__")
         assert feats.isna().all().all(), kind

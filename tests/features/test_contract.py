@@ -31,7 +31,8 @@ CASES = [
     ("impressions", lambda d: d.assign(user_id=d.user_id.astype(str)), "user_id", "int64"),
     ("impressions", lambda d: d.assign(impression_id=np.r_[d.impression_id[:2], d.impression_id[:-2]]),
      "impression_id", "unique"),
-    ("impressions", lambda d: d.assign(event_timestamp=d.event_timestamp.dt.tz_localize(None)), "event_timestamp", "UTC"),
+    ("impressions", lambda d: d.assign(event_timestamp=d.event_timestamp.dt.tz_localize(None)),
+     "event_timestamp", "UTC"),
     ("impressions", lambda d: d.assign(event_timestamp=d.event_timestamp.dt.tz_convert("Europe/Paris")),
      "event_timestamp", "UTC"),
     ("impressions", lambda d: _set("conversion", d.index[d.click == 0][:3], 1)(d), "conversion", "funnel rule"),
@@ -87,7 +88,7 @@ def test_failed_ingest_leaves_previous_snapshot_intact(tmp_path, good):
 def test_missing_file_and_parts_folder(tmp_path, good):
     write_dataset(good, tmp_path / "ds")
     (tmp_path / "ds" / "items.parquet").unlink()
-    with pytest.raises(ContractError, match="items.parquet"):
+    with pytest.raises(ContractError, match=r"items\.parquet"):
         read_dataset(tmp_path / "ds")
     # impressions as a folder of parts is accepted
     parts = tmp_path / "parts"
@@ -98,3 +99,15 @@ def test_missing_file_and_parts_folder(tmp_path, good):
     imp.iloc[:1000].to_parquet(parts / "impressions" / "a.parquet")
     imp.iloc[1000:].to_parquet(parts / "impressions" / "b.parquet")
     assert len(read_dataset(parts).impressions) == len(imp)
+
+
+def test_input_errors_survive_a_pickle_round_trip():
+    """Prefect may persist a failed task's exception; the typed errors must come back intact."""
+    import pickle
+
+    from features.contract import ContractError, MissingInput
+
+    missing = pickle.loads(pickle.dumps(MissingInput("data/raw", "ingest")))
+    assert isinstance(missing, MissingInput) and str(missing) == "data/raw is missing: run `funnelflow ingest` first"
+    bad = pickle.loads(pickle.dumps(ContractError("impressions.parquet", "click", "must be 0 or 1")))
+    assert isinstance(bad, ContractError) and str(bad) == "impressions.parquet: column 'click': must be 0 or 1"

@@ -2,7 +2,6 @@ import numpy as np
 import pandas as pd
 
 from features.generate import generate
-from models.tasks import DEFAULT_FUNNEL
 
 
 def _auc(y, s):

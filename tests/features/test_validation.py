@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.validation import ValidationConfig, ValidationFailed, validate_frame, validate_training_set
+from features.validation import ValidationFailed, validate_frame, validate_training_set
 
 pytestmark = pytest.mark.e2e
 
@@ -16,8 +16,18 @@ def frame(pipeline_data):
 
 
 @pytest.fixture(scope="module")
-def schema(pipeline_data):
-    return json.loads((pipeline_data.training_set / "manifest.json").read_text())["schema"]
+def manifest(pipeline_data):
+    return json.loads((pipeline_data.training_set / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def schema(manifest):
+    return manifest["schema"]
+
+
+@pytest.fixture(scope="module")
+def bounds(manifest):
+    return manifest["bounds"]
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +39,8 @@ def _failed(report):
     return {(f["expectation"], f["column"]) for f in report.failed}
 
 
-def test_good_training_set_passes_and_builds_docs(frame, params, cfg, schema, tmp_path):
-    report = validate_frame(frame, params.task_graph, cfg, tmp_path, schema)
+def test_good_training_set_passes_and_builds_docs(frame, params, cfg, schema, bounds, tmp_path):
+    report = validate_frame(frame, params.task_graph, cfg, tmp_path, schema, bounds)
     assert report.success, report.to_markdown()
     assert (tmp_path / "data_docs" / "index.html").exists()
 
@@ -42,7 +52,8 @@ BAD = {
                                  ("expect_column_values_to_be_between", "value")),
     "click rate out of band": (lambda d: d.assign(click=np.ones(len(d), np.int8)),
                                ("expect_column_mean_to_be_between", "click")),
-    "nulls in a feature": (lambda d: d.assign(**{"item_profile__price": np.where(d.index % 5 == 0, np.nan, d["item_profile__price"])}),
+    "nulls in a feature": (lambda d: d.assign(**{"item_profile__price": np.where(d.index % 5 == 0, np.nan,
+                                                                                  d["item_profile__price"])}),
                            ("expect_column_values_to_not_be_null", "item_profile__price")),
     "rate above one": (lambda d: d.assign(**{"user_activity__click_rate_7d": d["user_activity__click_rate_7d"] + 1.0}),
                        ("expect_column_max_to_be_between", "user_activity__click_rate_7d")),
@@ -53,9 +64,9 @@ BAD = {
 
 
 @pytest.mark.parametrize("name", list(BAD))
-def test_seeded_bad_data_fails_the_suite(frame, params, cfg, schema, tmp_path, name):
+def test_seeded_bad_data_fails_the_suite(frame, params, cfg, schema, bounds, tmp_path, name):
     breaker, expected = BAD[name]
-    report = validate_frame(breaker(frame.copy()), params.task_graph, cfg, tmp_path, schema)
+    report = validate_frame(breaker(frame.copy()), params.task_graph, cfg, tmp_path, schema, bounds)
     assert not report.success
     assert expected in _failed(report), report.to_markdown()
     assert expected[1] in report.to_markdown()
