@@ -51,9 +51,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from models.config import ModelConfig, TrainConfig
+from models.config import TrainConfig
 from models.metrics import roc_auc
-from models.networks import FunnelNet, build_model
+from models.networks import MODELS as REGISTRY
+from models.networks import FunnelNet, ModelConfig, build_model, parse_model_config
+from models.networks.mmoe import MMoEConfig
+from models.networks.ple import PLEConfig
 from models.preprocess import FeatureColumns, Preprocessor
 from models.tasks import TaskGraph, TaskSpec
 from models.train import amp_context, make_optimizer, predict_arrays, resolve_device, run_epoch, to_device
@@ -88,6 +91,8 @@ def funnel_frame(rows: int, seed: int = 0) -> pd.DataFrame:
 
 @dataclass
 class Split:
+    """One split, encoded."""
+
     cat: np.ndarray  # [N, C] int64 codes (0 = OOV)
     num: np.ndarray  # [N, F] float32, standardised
     y: np.ndarray    # [N, 2] float32: click, conversion
@@ -95,6 +100,8 @@ class Split:
 
 @dataclass
 class Data:
+    """The encoded splits and their column layout."""
+
     cat_names: list[str]
     num_names: list[str]
     cards: list[int]
@@ -131,11 +138,13 @@ def esmm_view(data: Data, bins: int = ESMM_BINS) -> Data:
 
 # ----------------------------------------------------------------------------- models
 def model_config(name: str, args: argparse.Namespace) -> ModelConfig:
-    """funnelflow's config for ``name`` at the benchmark's sizes (PLE: uniform level width, see top)."""
+    """Funnelflow's config for ``name`` at the benchmark's sizes (PLE: uniform level width, see top)."""
     hidden = [args.hidden[0]] * len(args.hidden) if name == "ple" else list(args.hidden)
-    return ModelConfig.model_validate({"name": name, "embedding_dim": args.embedding_dim, "hidden": hidden,
-                                       "tower": list(args.tower), "experts": args.experts, "dropout": 0.0,
-                                       "batch_norm": args.batch_norm})
+    knobs = {"name": name, "embedding_dim": args.embedding_dim, "hidden": hidden, "tower": list(args.tower),
+             "dropout": 0.0, "batch_norm": args.batch_norm}
+    if "experts" in REGISTRY[name].config_class.model_fields:
+        knobs["experts"] = args.experts
+    return parse_model_config(knobs)
 
 
 def rechub_model(cfg: ModelConfig, data: Data) -> torch.nn.Module:
@@ -143,14 +152,15 @@ def rechub_model(cfg: ModelConfig, data: Data) -> torch.nn.Module:
     from torch_rechub.basic.features import DenseFeature, SparseFeature
     from torch_rechub.models.multi_task import ESMM, MMOE, PLE, SharedBottom
 
-    sparse = [SparseFeature(n, vocab_size=c, embed_dim=cfg.embedding_dim) for n, c in zip(data.cat_names, data.cards)]
+    sparse = [SparseFeature(n, vocab_size=c, embed_dim=cfg.embedding_dim)
+              for n, c in zip(data.cat_names, data.cards, strict=True)]
     features = sparse + [DenseFeature(n) for n in data.num_names]
     types, towers = ["classification"] * len(TASKS.tasks), [{"dims": cfg.tower}] * len(TASKS.tasks)
     if cfg.name == "shared_bottom":
         return SharedBottom(features, types, bottom_params={"dims": cfg.hidden}, tower_params_list=towers)
-    if cfg.name == "mmoe":
+    if isinstance(cfg, MMoEConfig):
         return MMOE(features, types, cfg.experts, expert_params={"dims": cfg.hidden}, tower_params_list=towers)
-    if cfg.name == "ple":  # funnelflow: k = experts // 2 task-specific experts per task and k shared
+    if isinstance(cfg, PLEConfig):  # funnelflow: k = experts // 2 task-specific experts per task and k shared
         k = max(1, cfg.experts // 2)
         return PLE(features, types, n_level=len(cfg.hidden), n_expert_specific=k, n_expert_shared=k,
                    expert_params={"dims": cfg.hidden[:1]}, tower_params_list=towers)
@@ -227,7 +237,8 @@ class RechubRun:
             x_valid, y_valid, x_test, y_test, batch_size=args.batch_size, num_workers=args.rechub_workers)[0]
 
     def x_dict(self, s: Split) -> dict[str, np.ndarray]:
-        return {n: np.ascontiguousarray(c) for n, c in zip(self.names, [*s.cat.T, *s.num.T])}  # = df[n].values
+        columns = [*s.cat.T, *s.num.T]
+        return {n: np.ascontiguousarray(c) for n, c in zip(self.names, columns, strict=True)}  # = df[n].values
 
     def labels(self, s: Split) -> np.ndarray:
         # ESMM: cvr label := conversion (its loss ignores it), ctr = click, ctcvr = click * conversion
@@ -259,7 +270,7 @@ def runners(args: argparse.Namespace, device: torch.device) -> list[tuple[str, R
     out: list[tuple[str, Runner]] = [("funnelflow", FunnelflowRun)]
     if args.cpu_bf16 and device.type == "cpu":
         out.append(("funnelflow bf16", functools.partial(FunnelflowRun, cpu_bf16=True)))
-    return out + [("rechub", RechubRun)]
+    return [*out, ("rechub", RechubRun)]
 
 
 @contextlib.contextmanager
@@ -343,7 +354,7 @@ def result_rows(name: str, m: dict[str, dict]) -> list[dict[str, str]]:
 
 def result_row(name: str, ff: dict, rh: dict) -> dict[str, str]:
     ratio = ff["rate"] / rh["rate"]
-    d = [a - b for a, b in zip(ff["auc"], rh["auc"])]
+    d = [a - b for a, b in zip(ff["auc"], rh["auc"], strict=True)]
     speed_ok, auc_ok = ratio >= SPEED_TARGET, all(x >= -AUC_TOLERANCE for x in d)
     return {"model": name, "ff samples/s": f"{ff['rate']:,.0f}", "rechub samples/s": f"{rh['rate']:,.0f}",
             "ff/rechub": f"{ratio:.2f}x", "rechub loader share": f"{rh['rate'] / rh['loader_rate']:.0%}",
@@ -385,14 +396,15 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device)
     names = args.models.split(",")
 
-    data = encode(funnel_frame(args.rows, args.seed), ModelConfig().min_count)
+    data = encode(funnel_frame(args.rows, args.seed), parse_model_config({}).min_count)
     views = {n: esmm_view(data) if n == "esmm" else data for n in names}
     cfgs = {n: model_config(n, args) for n in names}
     print(f"funnelflow vs torch-rechub {version('torch-rechub')} | torch {torch.__version__} | device={device} "
           f"threads={torch.get_num_threads()} | rows={args.rows} (train {len(data.train.y)}) epochs={args.epochs} "
           f"batch={args.batch_size} lr={args.lr} Adam | {len(data.cat_names)} categorical + {len(data.num_names)} "
           f"numeric | click rate {data.train.y[:, 0].mean():.3f}, conversion rate {data.train.y[:, 1].mean():.4f} "
-          f"| funnelflow amp={args.amp and device.type == 'cuda'} cpu_bf16={args.cpu_bf16 and device.type == 'cpu'} batch_norm={args.batch_norm} | medians of {args.repeats}\n")
+          f"| funnelflow amp={args.amp and device.type == 'cuda'} cpu_bf16={args.cpu_bf16 and device.type == 'cpu'} "
+          f"batch_norm={args.batch_norm} | medians of {args.repeats}\n")
     print("Parameters (embedding tables identical; dense = everything else):\n")
     print(param_table(cfgs, views).to_markdown(index=False), "\n", flush=True)
 

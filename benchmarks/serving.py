@@ -37,9 +37,9 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -47,7 +47,8 @@ import torch
 
 from flows.params import Paths
 from flows.registry import Registry
-from models.export import BUNDLE_FILE, ONNX_FILE, INPUT_NAMES, OnnxScorer, parity_error
+from models.export import BUNDLE_FILE, INPUT_NAMES, ONNX_FILE, OnnxScorer, parity_error
+from models.networks import switch_model
 from models.train import PREPROCESS_FILE, TrainedModel, load_model
 
 PARITY_TOL = 1e-4           # export checks 1e-5 on its own batch; other rows and batch 1 get slack
@@ -103,16 +104,18 @@ def build_fresh(root: Path, models: list[str], rows: int, epochs: int) -> list[C
         step(params, paths)
     out = []
     for name in models:
-        p = params.model_copy(update={"model": params.model.model_copy(update={"name": name})})
+        p = params.model_copy(update={"model": switch_model(params.model, name)})
         steps.train(p, paths, progress=False)
         steps.evaluate(p, paths)
+        steps.score_champion(p, paths)
         steps.gate(p, paths)
         steps.export(p, paths)
         version = steps.promote(p, paths)["champion"]
         model_dir = root / "torch" / name
         shutil.rmtree(model_dir, ignore_errors=True)  # a --fresh-dir reused for another --models list
         shutil.copytree(paths.model, model_dir)
-        out.append(Champion(name, paths.registry / "versions" / version, model_dir, paths.training_set / "test.parquet"))
+        test_path = paths.training_set / "test.parquet"
+        out.append(Champion(name, paths.registry / "versions" / version, model_dir, test_path))
         print(f"fresh: {name} -> {version}", flush=True)
     (root / FRESH_INDEX).write_text(json.dumps([{k: str(v) for k, v in vars(c).items()} for c in out], indent=2))
     return out
@@ -145,7 +148,7 @@ def ort_runner(session, names: list[str]) -> Runner:
 
 
 def torch_runner(net: torch.nn.Module, names: list[str], device: torch.device) -> Runner:
-    """numpy in, numpy out, like the session: the host<->tensor (and device) copies are part of the cost."""
+    """Numpy in, numpy out, like the session: the host<->tensor (and device) copies are part of the cost."""
     def run(cat: np.ndarray, num: np.ndarray) -> list:
         with torch.inference_mode():
             out = net(torch.from_numpy(cat).to(device), torch.from_numpy(num).to(device))
@@ -157,7 +160,8 @@ def load_torch(champ: Champion, device: torch.device) -> TrainedModel:
     """The torch model of ``champ``, refusing a model dir that is not the champion's."""
     meta = json.loads((champ.version_dir / BUNDLE_FILE).read_text())
     if not (champ.model_dir / PREPROCESS_FILE).exists():
-        raise SystemExit(f"no torch model in {champ.model_dir}: the registry holds ONNX only; run `make run` or pass --fresh")
+        raise SystemExit(f"no torch model in {champ.model_dir}: the registry holds ONNX only; "
+                         "run `make run` or pass --fresh")
     m = load_model(champ.model_dir)
     same_pre = (champ.model_dir / PREPROCESS_FILE).read_bytes() == (champ.version_dir / PREPROCESS_FILE).read_bytes()
     if m.model_cfg.name != meta["model"] or not same_pre:
@@ -171,8 +175,8 @@ def check_parity(torch_run: Runner, ort_run: Runner, names: list[str], cat: np.n
     """Both engines on the benchmark's own input path, one batch and three single rows."""
     err = 0.0
     for sl in (slice(0, 512), slice(0, 1), slice(1, 2), slice(2, 3)):
-        ref = dict(zip(names, torch_run(cat[sl], num[sl])))
-        got = dict(zip(names, ort_run(cat[sl], num[sl])))
+        ref = dict(zip(names, torch_run(cat[sl], num[sl]), strict=True))
+        got = dict(zip(names, ort_run(cat[sl], num[sl]), strict=True))
         err = max(err, parity_error(ref, got))
     if not err < PARITY_TOL:
         raise SystemExit(f"torch and onnxruntime disagree by {err:.3g} (>= {PARITY_TOL}): not the same model")
@@ -192,7 +196,8 @@ def time_calls(run: Callable, inputs: list[tuple], start: int, calls: int) -> li
     return out
 
 
-def take_turns(jobs: dict[str, Callable[[int, int], list[float]]], total: int, rounds: int, warmup: int) -> dict[str, list[float]]:
+def take_turns(jobs: dict[str, Callable[[int, int], list[float]]], total: int, rounds: int,
+               warmup: int) -> dict[str, list[float]]:
     """Warm every job up, then run them in ``rounds`` alternating blocks; ``job(start, calls)``."""
     for job in jobs.values():
         job(0, warmup)
@@ -278,7 +283,8 @@ def bench_model(champ: Champion, args, device: torch.device, all_threads: int) -
 
 # ----------------------------------------------------------------------------- report
 def markdown_table(rows: list[dict], batch: int) -> str:
-    lines = [f"| model | engine | batch 1 p50 µs | batch 1 p99 µs | batch {batch} rows/s | p50 vs torch | rows/s vs torch |",
+    lines = [f"| model | engine | batch 1 p50 µs | batch 1 p99 µs | batch {batch} rows/s | p50 vs torch "
+             "| rows/s vs torch |",
              "|---|---|---:|---:|---:|---:|---:|"]
     torch_rows = {r["model"]: r for r in rows if r["engine"].startswith("torch")}
     for r in rows:
@@ -291,7 +297,8 @@ def markdown_table(rows: list[dict], batch: int) -> str:
 
 def report(rows: list[dict], stages: dict[str, dict[str, float]], batch: int) -> str:
     # a busy neighbour shows in the load first: p99 then measures its time slices, not the model
-    out = [f"load average after: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", "", markdown_table(rows, batch), ""]
+    load = f"load average after: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
+    out = [load, "", markdown_table(rows, batch), ""]
     for r in rows:
         if r["engine"] == "onnxruntime":
             met = "met" if r["p99"] < TARGET_P99_US else "NOT met"
@@ -313,7 +320,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="with --fresh: build here and keep it; a build there holding every --models is reused "
                          "(default: a temp dir, removed)")
     ap.add_argument("--fresh-rows", type=int, default=50_000)
-    ap.add_argument("--models", default=None, help="with --fresh: comma-separated architectures (default: params.yaml's)")
+    ap.add_argument("--models", default=None,
+                    help="with --fresh: comma-separated architectures (default: params.yaml's)")
     ap.add_argument("--calls", type=int, default=2000, help="timed batch-1 calls per engine")
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--batch", type=int, default=4096)

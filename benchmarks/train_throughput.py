@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from models.config import ModelConfig, TrainConfig
-from models.networks import MODELS, build_model
+from models.config import TrainConfig
+from models.networks import MODEL_NAMES, build_model, parse_model_config
 from models.preprocess import Preprocessor, infer_feature_columns
 from models.tasks import DEFAULT_FUNNEL
-from models.train import amp_context, to_device, label_matrix, make_optimizer, resolve_device, run_epoch
+from models.train import amp_context, label_matrix, make_optimizer, resolve_device, run_epoch, to_device
 
 
 def synthetic_frame(rows: int, n_cat: int = 12, n_num: int = 18, seed: int = 0) -> pd.DataFrame:
@@ -43,7 +43,7 @@ def synthetic_frame(rows: int, n_cat: int = 12, n_num: int = 18, seed: int = 0) 
 def measure(name: str, df: pd.DataFrame, batch_size: int, device: torch.device, repeats: int,
             cpu_bf16: bool = False) -> float:
     tasks = DEFAULT_FUNNEL
-    mc, tc = ModelConfig(name=name), TrainConfig(batch_size=batch_size, cpu_bf16=cpu_bf16)
+    mc, tc = parse_model_config({"name": name}), TrainConfig(batch_size=batch_size, cpu_bf16=cpu_bf16)
     pre = Preprocessor.fit(df, infer_feature_columns(df, tasks), mc.min_count)
     cat_np, num_np = pre.encode(df)
     cat, num, y = (to_device(a, device) for a in (cat_np, num_np, label_matrix(df, tasks)))
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
     ap.add_argument("--cpu-bf16", action="store_true", help="bf16 autocast on CPU (TrainConfig.cpu_bf16)")
-    ap.add_argument("--models", default=",".join(MODELS), help="comma-separated model names")
+    ap.add_argument("--models", default=",".join(MODEL_NAMES), help="comma-separated model names")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> None:
           f"threads={torch.get_num_threads()} cpu_bf16={args.cpu_bf16}")
     print(f"{'model':<14}{'samples/s':>14}")
     for name in args.models.split(","):
-        print(f"{name:<14}{measure(name, df, args.batch_size, device, args.repeats, args.cpu_bf16):>14,.0f}", flush=True)
+        rate = measure(name, df, args.batch_size, device, args.repeats, args.cpu_bf16)
+        print(f"{name:<14}{rate:>14,.0f}", flush=True)
 
 
 if __name__ == "__main__":

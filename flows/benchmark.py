@@ -5,9 +5,9 @@ and written to ``work_dir/seed<seed>/census.csv.gz`` *before* the adapter turns 
 so each seed gets a different time-based train/validation/test split (and model init seed). Then, in
 ``work_dir/seed<seed>`` (its own data dir: Feast store, validation reference, registry), the steps of
 flows/steps.py run: ingest (census-kdd adapter), build_features, features_apply, features_materialize,
-training_set, validate, and for each model train, evaluate, gate, export, promote. Gate change bounds
-are dropped (models are compared side by side, not champion vs challenger); the absolute bounds are
-census ones. A model that fails to build/train on independent tasks is reported with the reason.
+training_set, validate, and for each model train, evaluate, score_champion, gate, export, promote.
+Gate change bounds are dropped (models are compared side by side, not champion vs challenger); the
+absolute bounds are census ones. A model that fails to build/train on independent tasks is reported with the reason.
 
 Run: ``python -m flows.benchmark SOURCE WORK_DIR [--models mmoe ple] [--seeds 1 2 3] [--epochs 3]``
 """
@@ -24,8 +24,9 @@ import numpy as np
 import pandas as pd
 
 from flows.params import Params, Paths, load_params
+from models.networks import MODEL_NAMES, switch_model
 
-MODELS = ["shared_bottom", "mmoe", "ple", "esmm", "aitm", "tafe", "htlnet"]
+MODELS = list(MODEL_NAMES)
 CENSUS_GATE = [
     {"metric": "income/auc", "op": ">=", "value": 0.80},
     {"metric": "never_married/auc", "op": ">=", "value": 0.80},
@@ -38,13 +39,14 @@ def census_params(params_path=None, model: str = "mmoe", epochs: int = 3, seed: 
     """params.yaml with the census task graph, bands, gate and ``data.format = census-kdd``."""
     from features.adapters import default_tasks
 
-    raw = load_params(params_path).model_dump(mode="json")
+    params = load_params(params_path)
+    raw = params.model_dump(mode="json")
     raw["data"] = {"source": raw["data"]["source"], "format": "census-kdd"}
     raw["tasks"] = [t.model_dump() for t in default_tasks("census-kdd").tasks]
     raw["validation"]["label_rate_bands"] = {k: list(v) for k, v in CENSUS_BANDS.items()}
     raw["validation"]["max_null_fraction"] = 0.0
     raw["gate"] = {"absolute": CENSUS_GATE, "change": []}
-    raw["model"]["name"] = model
+    raw["model"] = switch_model(params.model, model).model_dump(mode="json")  # drops knobs ``model`` lacks
     raw["train"].update(epochs=epochs, seed=seed, batch_size=1024, device="cpu")
     return Params(**raw)
 
@@ -89,6 +91,7 @@ def benchmark_census(source: Path, work_dir: Path, models: list[str] | None = No
                 logging.getLogger("funnelflow").debug(traceback.format_exc())
             else:
                 try:
+                    steps.score_champion(params, paths)
                     steps.gate(params, paths)
                     steps.export(params, paths)
                     steps.promote(params, paths)
@@ -104,6 +107,7 @@ def benchmark_census(source: Path, work_dir: Path, models: list[str] | None = No
 
 
 def summarize(runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """One row per model: how many seeds ran, mean and std of each metric, statuses, seconds per run."""
     rows = []
     for name, g in runs.groupby("model", sort=False):
         ok = g[g["status"].isin(["ok", "promoted"]) | g["status"].str.startswith("not promoted")]
@@ -151,6 +155,7 @@ def format_table(df: pd.DataFrame) -> str:
 
 
 def main(argv=None) -> None:
+    """The command line (see the module docstring)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("source", type=Path)
     ap.add_argument("work_dir", type=Path)

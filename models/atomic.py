@@ -82,7 +82,12 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
         yield tmp
         if path.exists():
             os.replace(path, old)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if old.exists():
+                os.replace(old, path)  # the swap failed half-way: the old folder goes back
+            raise
     finally:
         _remove(tmp)
         _remove(old)

@@ -13,20 +13,20 @@ from pathlib import Path
 
 import pandas as pd
 
-from models.config import ModelConfig, TrainConfig
-from models.losses import resolve_loss
+from models.config import TrainConfig
 from models.metrics import evaluate_predictions
-from models.networks import MODELS
+from models.networks import MODEL_NAMES, MODELS, ModelConfig, switch_model
 from models.tasks import TaskGraph
 from models.train import load_model, predict_frame, train_model
 
 
-def _runs(models: list[str], losses: list[str] | None, tasks: TaskGraph, base: ModelConfig,
+def _runs(models: list[str], losses: list[str] | None, tasks: TaskGraph,
           pwiser_models: tuple[str, ...], pwiser_weight: float) -> list[tuple[str, str, float]]:
+    """(model, loss, pwiser weight) of every run, in table order."""
     chain = any(t.kind == "binary" and t.parent for t in tasks.tasks)
     runs: list[tuple[str, str, float]] = []
     for name in models:
-        paper = resolve_loss(base.model_copy(update={"name": name, "loss": "auto"}))
+        paper = MODELS[name].config_class.paper_loss
         wanted = losses or [paper, "bce", "ctcvr", "dependence"]
         resolved: list[str] = []
         for loss in wanted:
@@ -49,18 +49,17 @@ def compare_models(
     """One row per (model, loss[, +pwiser]): columns model, loss, pwiser_weight, paper_loss,
     best_epoch, train_seconds, samples_per_sec, then every ``task/metric`` on test (oracle gaps
     included when ``oracle_df`` is given). Model dirs go to ``work_dir`` (temp dir if None)."""
-    models = models or list(MODELS)
+    models = models or list(MODEL_NAMES)
     rows = []
     with tempfile.TemporaryDirectory(prefix="funnel-compare-") as tmp:
         root = Path(work_dir) if work_dir else Path(tmp)
-        for name, loss, pw in _runs(models, losses, tasks, base_model_cfg, pwiser_models, pwiser_weight):
-            cfg = base_model_cfg.model_copy(update={"name": name, "loss": loss, "pwiser_weight": pw})
+        for name, loss, pw in _runs(models, losses, tasks, pwiser_models, pwiser_weight):
+            cfg = switch_model(base_model_cfg, name).model_copy(update={"loss": loss, "pwiser_weight": pw})
             run_dir = root / f"{name}__{loss}{'__pwiser' if pw else ''}"
             res = train_model(train_df, valid_df, tasks, cfg, train_cfg, run_dir, progress=progress)
             preds = predict_frame(load_model(run_dir), test_df)
             metrics = evaluate_predictions(test_df, preds, tasks, oracle_df)
-            paper = resolve_loss(cfg.model_copy(update={"loss": "auto"}))
             rows.append({"model": name, "loss": loss + ("+pwiser" if pw else ""), "pwiser_weight": pw,
-                         "paper_loss": loss == paper, "best_epoch": res.best_epoch,
+                         "paper_loss": loss == cfg.paper_loss, "best_epoch": res.best_epoch,
                          "train_seconds": res.train_seconds, "samples_per_sec": res.samples_per_sec, **metrics})
     return pd.DataFrame(rows)

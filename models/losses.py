@@ -5,16 +5,18 @@
 * ``ctcvr``      -- ESMM (Ma et al., SIGIR 2018): BCE of each step's JOINT probability
                     prod_{k<=t} p_k against the joint label over all impressions (for 2 steps:
                     BCE(click, pCTR) + BCE(click*conv, pCTR*pCVR); generalised to N steps).
-* ``dependence`` -- TAFE's dependence task learning loss (Tao et al. 2301.02494; exact form open,
-                    PAPERS.md reading): ``ctcvr`` + lambda * sum_t mean(relu(p_t - p_parent)) on joint
-                    probabilities. With AITM (Xi et al., KDD 2021) the same penalty is the behavioural
-                    expectation calibrator, lambda = w = 0.6. Note: our networks chain conditional
-                    heads, so in-model joints satisfy p_t <= p_parent exactly and the penalty is 0 there;
-                    it bites for joint probabilities produced any other way (tested on such inputs).
-* PWiseR add-on  -- Durmus et al. 2406.02163, PAPERS.md reading, see ``pwiser_loss``.
+* ``dependence`` -- TAFE's dependence task learning loss (Tao et al. 2301.02494). The paper does not
+                    give its exact form; our reading: ``ctcvr`` + lambda * sum_t mean(relu(p_t - p_parent))
+                    on joint probabilities. With AITM (Xi et al., KDD 2021) the same penalty is the
+                    behavioural expectation calibrator, lambda = w (``calibrator``, 0.6). Note: our
+                    networks chain conditional heads, so in-model joints satisfy p_t <= p_parent exactly
+                    and the penalty is 0 there; it bites for joint probabilities produced any other way
+                    (tested on such inputs).
+* PWiseR add-on  -- Durmus et al. 2406.02163, our reading of it: see ``pwiser_loss``.
 * Regression     -- on log1p(value), only on rows where the parent is reached: MSE (``mse_log1p``)
                     or the Gaussian NLL of log1p(value) (``lognormal``).
-The per-task terms are returned separately (HTLNet's gradient adjustment needs them).
+``auto`` is the model's paper loss (its config's ``paper_loss``). The per-task terms are returned
+separately (HTLNet's gradient adjustment needs them).
 """
 from __future__ import annotations
 
@@ -24,19 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.config import ModelConfig
-from models.networks import MODELS
+from models.config import ModelConfigBase
 from models.tasks import TaskGraph
 
 
-def resolve_loss(cfg: ModelConfig) -> str:
+def resolve_loss(cfg: ModelConfigBase) -> str:
     """``auto`` -> the model's paper loss."""
-    return MODELS[cfg.name].paper_loss if cfg.loss == "auto" else cfg.loss
-
-
-def penalty_weight(cfg: ModelConfig) -> float:
-    """AITM's calibrator weight for aitm, TAFE's ``dependence_penalty`` for every other model."""
-    return cfg.aitm_calibrator if cfg.name == "aitm" else cfg.dependence_penalty
+    return cfg.paper_loss if cfg.loss == "auto" else cfg.loss
 
 
 def log1mexp(x: Tensor) -> Tensor:
@@ -51,6 +47,7 @@ def joint_bce(logp: Tensor, y: Tensor) -> Tensor:
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``x`` over the rows where ``mask`` is 1 (0 when there are none)."""
     return (x * mask).sum() / mask.sum().clamp(min=1.0)
 
 
@@ -60,7 +57,8 @@ def monotonicity_penalty(p_child: Tensor, p_parent: Tensor) -> Tensor:
 
 
 def pwiser_loss(score: Tensor, pos: Tensor, mid: Tensor, neg: Tensor, m1: float, m2: float) -> Tensor:
-    """PWiseR (Durmus et al. 2024; PAPERS.md reading), all pairs within the batch, vectorised:
+    """PWiseR (Durmus et al. 2024; the paper gives no formula, this is our reading), all pairs within
+    the batch, vectorised:
 
     mean_{i in P, j in C} relu(m1 - (s_i - s_j)) + mean_{i in P, j in N} relu(m2 - (s_i - s_j)).
     P/C/N are boolean masks (converted / clicked-not-converted / not clicked). An empty group
@@ -76,6 +74,8 @@ def pwiser_loss(score: Tensor, pos: Tensor, mid: Tensor, neg: Tensor, m1: float,
 
 
 def regression_loss(out: dict[str, Tensor], name: str, y: Tensor, mask: Tensor, kind: str) -> Tensor:
+    """Loss of regression task ``name`` on log1p(y) over the ``mask`` rows: MSE or, for ``lognormal``,
+    the Gaussian NLL."""
     target = torch.log1p(y.clamp(min=0.0))
     mu = out[f"mu_{name}"].float()
     if kind == "lognormal":
@@ -112,7 +112,7 @@ def pwiser_groups(labels: Tensor, tasks: TaskGraph) -> tuple[str, Tensor, Tensor
 
 
 def funnel_loss(
-    out: dict[str, Tensor], labels: Tensor, tasks: TaskGraph, cfg: ModelConfig
+    out: dict[str, Tensor], labels: Tensor, tasks: TaskGraph, cfg: ModelConfigBase
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Total loss and its per-task terms. ``labels`` is [N, T] float in task order (value for regression)."""
     loss_name = resolve_loss(cfg)
@@ -131,7 +131,7 @@ def funnel_loss(
         else:  # ctcvr / dependence: the joint over all impressions
             terms[t.name] = joint_bce(out[f"logp_{t.name}"], joint[t.name])
             if loss_name == "dependence" and t.parent:
-                extra = extra + penalty_weight(cfg) * monotonicity_penalty(out[f"p_{t.name}"], out[f"p_{t.parent}"])
+                extra = extra + cfg.penalty_weight * monotonicity_penalty(out[f"p_{t.name}"], out[f"p_{t.parent}"])
     if cfg.pwiser_weight > 0:
         groups = pwiser_groups(labels, tasks)
         if groups is not None:

@@ -15,12 +15,15 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
+from models.atomic import write_text
 from models.tasks import TaskGraph
 
 NON_FEATURE_COLUMNS = ("impression_id", "event_timestamp")
 
 
 class FeatureColumns(BaseModel):
+    """The model's input columns, in encoding order."""
+
     categorical: list[str]
     numeric: list[str]
 
@@ -70,7 +73,7 @@ class Preprocessor(BaseModel):
     log1p: list[str] = []
 
     @classmethod
-    def fit(cls, df: pd.DataFrame, columns: FeatureColumns, min_count: int = 2) -> "Preprocessor":
+    def fit(cls, df: pd.DataFrame, columns: FeatureColumns, min_count: int = 2) -> Preprocessor:
         vocab: dict[str, list[int]] = {}
         for c in columns.categorical:
             x = df[c].dropna().to_numpy(np.int64)
@@ -126,8 +129,8 @@ class Preprocessor(BaseModel):
         return self.encode_categorical(df), self.encode_numeric(df)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.model_dump_json())
+        write_text(path, self.model_dump_json())
 
     @classmethod
-    def load(cls, path: str | Path) -> "Preprocessor":
+    def load(cls, path: str | Path) -> Preprocessor:
         return cls.model_validate(json.loads(Path(path).read_text()))

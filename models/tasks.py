@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, model_validator
+from pydantic import model_validator
+
+from models.strict import Strict
 
 
-class TaskSpec(BaseModel):
+class TaskSpec(Strict):
     """One task of the funnel. ``parent`` names the step that must be reached first (None = root)."""
 
     name: str
@@ -21,13 +23,13 @@ class TaskSpec(BaseModel):
         return self.name
 
 
-class TaskGraph(BaseModel):
+class TaskGraph(Strict):
     """An ordered list of tasks; every parent must appear before its child."""
 
     tasks: list[TaskSpec]
 
     @model_validator(mode="after")
-    def _check_order(self) -> "TaskGraph":
+    def _check_order(self) -> TaskGraph:
         seen: dict[str, TaskSpec] = {}
         for t in self.tasks:
             if t.name in seen:

@@ -1,5 +1,6 @@
 """Training loop: in-memory tensors, permutation batches, early stopping on validation, atomic
-checkpoints with resume, AMP on CUDA, learning curves (PNG + DVC-plottable CSV).
+checkpoints with resume, AMP on CUDA, learning curves (PNG + DVC-plottable CSV), one log line per
+epoch on the ``funnelflow.train`` logger.
 
 Why no Dataset/DataLoader: a per-row ``__getitem__`` costs more than the model step at 100k+
 samples/s on 2 cores; slicing a permutation of tensors already in memory (or on the GPU) is free.
@@ -7,29 +8,39 @@ samples/s on 2 cores; slicing a permutation of tensors already in memory (or on 
 from __future__ import annotations
 
 import json
-import os
+import logging
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-from models.config import ModelConfig, TrainConfig
+from models.atomic import atomic_file, write_json, write_text
+from models.config import TrainConfig
 from models.losses import funnel_loss
 from models.metrics import evaluate_predictions, mean_auc
-from models.networks import FunnelNet, build_model, prediction_columns
+from models.networks import FunnelNet, ModelConfig, build_model, parse_model_config, prediction_columns
+from models.plots import save_csv, save_png
 from models.preprocess import FeatureColumns, Preprocessor, infer_feature_columns
 from models.tasks import TaskGraph
 
-MODEL_FILE, PREPROCESS_FILE, CONFIG_FILE, CHECKPOINT_FILE = "model.pt", "preprocess.json", "config.json", "checkpoint.pt"
+MODEL_FILE, PREPROCESS_FILE, CONFIG_FILE = "model.pt", "preprocess.json", "config.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+log = logging.getLogger("funnelflow.train")
 
 
 @dataclass
 class TrainResult:
+    """What ``train_model`` reports; the model itself is in ``out_dir``."""
+
     out_dir: Path
     best_epoch: int
     best_score: float
@@ -48,12 +59,20 @@ class TrainedModel:
     tasks: TaskGraph
     model_cfg: ModelConfig
 
-    def predict(self, df: pd.DataFrame, batch_size: int = 65536) -> pd.DataFrame:
-        return predict_frame(self, df, batch_size)
+
+@dataclass
+class _Best:
+    """Early-stopping state: the best epoch so far and how many epochs since it did not improve."""
+
+    score: float = float("nan")
+    epoch: int = -1
+    bad_epochs: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- helpers
 def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; any other name as is."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -64,26 +83,16 @@ def label_matrix(df: pd.DataFrame, tasks: TaskGraph) -> np.ndarray:
     return np.nan_to_num(np.stack([df[t.column].to_numpy(np.float32) for t in tasks.tasks], 1))
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a crash leaves either the old or the new file, never half of one
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def to_device(arr: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A tensor on ``device`` sharing ``arr``'s memory on CPU (pinned + async copy on CUDA)."""
     t = torch.from_numpy(np.ascontiguousarray(arr))
-    if device.type == "cuda":  # pinned host memory -> async copy
+    if device.type == "cuda":
         return t.pin_memory().to(device, non_blocking=True)
     return t
 
 
-def amp_context(device: torch.device, enabled: bool, cpu_bf16: bool = False):
+def amp_context(device: torch.device, enabled: bool,
+                cpu_bf16: bool = False) -> tuple[AbstractContextManager[Any], torch.dtype | None]:
     """(autocast context, dtype): bf16 (fp16 + GradScaler where bf16 is missing) on CUDA; on CPU
     bf16 only when asked (``cpu_bf16``: worth it on CPUs with avx512_bf16/AMX), else fp32."""
     if device.type == "cuda" and enabled:
@@ -106,14 +115,16 @@ def predict_arrays(net: FunnelNet, cat: torch.Tensor, num: torch.Tensor, tasks: 
     ctx, _ = amp_context(device, amp)
     for i in range(0, len(cat), batch_size):
         with ctx:
-            out = net(cat[i:i + batch_size].to(device, non_blocking=True), num[i:i + batch_size].to(device, non_blocking=True))
+            out = net(cat[i:i + batch_size].to(device, non_blocking=True),
+                      num[i:i + batch_size].to(device, non_blocking=True))
         for c in cols:
             parts[c].append(out[c].float().cpu().numpy())
     net.train(was_training)
     return {c: np.concatenate(v) if v else np.zeros(0, np.float32) for c, v in parts.items()}
 
 
-def predict_frame(model_dir_or_model: str | Path | TrainedModel, df: pd.DataFrame, batch_size: int = 65536) -> pd.DataFrame:
+def predict_frame(model_dir_or_model: str | Path | TrainedModel, df: pd.DataFrame,
+                  batch_size: int = 65536) -> pd.DataFrame:
     """Score ``df`` with torch; returns the predictions layout (impression_id + layout columns)."""
     m = model_dir_or_model if isinstance(model_dir_or_model, TrainedModel) else load_model(model_dir_or_model)
     cat, num = m.preprocessor.encode(df)
@@ -128,7 +139,7 @@ def load_model(out_dir: str | Path, device: str = "cpu") -> TrainedModel:
     """Load model.pt (best epoch) + preprocess.json + config.json written by ``train_model``."""
     out_dir = Path(out_dir)
     cfg = json.loads((out_dir / CONFIG_FILE).read_text())
-    tasks, model_cfg = TaskGraph(**cfg["tasks"]), ModelConfig(**cfg["model"])
+    tasks, model_cfg = TaskGraph(**cfg["tasks"]), parse_model_config(cfg["model"])
     pre = Preprocessor.load(out_dir / PREPROCESS_FILE)
     net = build_model(tasks, pre.cardinalities, len(pre.columns.numeric), model_cfg)
     state = torch.load(out_dir / MODEL_FILE, map_location=device, weights_only=True)
@@ -138,27 +149,24 @@ def load_model(out_dir: str | Path, device: str = "cpu") -> TrainedModel:
 
 def write_curves(history: list[dict[str, float]], out_dir: Path, monitor: str, png: bool = True) -> None:
     """curves.csv (DVC plots: epoch, train_loss, valid_<metric>...) and, if ``png``, curves.png."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     df = pd.DataFrame(history)
-    tmp = out_dir / "curves.csv.tmp"
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, out_dir / "curves.csv")
+    save_csv(df, out_dir / "curves.csv")
     if not png:
         return
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig = Figure(figsize=(9, 3.5))
+    ax = fig.subplots(1, 2)
     ax[0].plot(df.epoch, df.train_loss, "o-")
     ax[0].set(xlabel="epoch", ylabel="train loss")
     key = "valid_" + monitor.replace("/", "_")
     if key in df:
         ax[1].plot(df.epoch, df[key], "o-")
         ax[1].set(xlabel="epoch", ylabel=key)
-    fig.tight_layout()
-    fig.savefig(out_dir / "curves.png", dpi=80)
-    plt.close(fig)
+    save_png(fig, out_dir / "curves.png")
+
+
+def _save_torch(obj: Any, path: Path) -> None:
+    with atomic_file(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _monitor_value(metrics: dict[str, float], tasks: TaskGraph, monitor: str) -> float:
@@ -181,7 +189,8 @@ def _set_rng_state(state: dict[str, Any], gen: torch.Generator, device: torch.de
 
 
 def run_epoch(net: FunnelNet, opt: torch.optim.Optimizer, cat: torch.Tensor, num: torch.Tensor, y: torch.Tensor,
-              tasks: TaskGraph, model_cfg: ModelConfig, batch_size: int, gen: torch.Generator, amp_ctx, scaler,
+              tasks: TaskGraph, model_cfg: ModelConfig, batch_size: int, gen: torch.Generator,
+              amp_ctx: AbstractContextManager[Any], scaler: torch.amp.GradScaler,
               progress: bool = False, desc: str = "") -> tuple[float, float]:
     """One pass over a random permutation of the in-memory rows; returns (mean loss, seconds)."""
     net.train()
@@ -209,7 +218,8 @@ def run_epoch(net: FunnelNet, opt: torch.optim.Optimizer, cat: torch.Tensor, num
         if progress:
             bar.update(len(idx))
             if step % 20 == 0:  # .item() syncs the GPU: not every step
-                bar.set_postfix(loss=f"{total.item():.4f}", rows_s=f"{bar.n / max(1e-9, time.perf_counter() - t0):,.0f}")
+                rate = bar.n / max(1e-9, time.perf_counter() - t0)
+                bar.set_postfix(loss=f"{total.item():.4f}", rows_s=f"{rate:,.0f}")
     bar.close()
     mean_loss = float(loss_sum.item()) / max(1, n)  # .item() also waits for the GPU before timing
     return mean_loss, time.perf_counter() - t0
@@ -219,6 +229,43 @@ def make_optimizer(net: FunnelNet, cfg: TrainConfig, device: torch.device) -> to
     """Adam with the fused kernel (CUDA: one launch for all parameters; CPU: one vectorised pass,
     which matters because the dense embedding table is updated every step)."""
     return torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+
+
+def _save_checkpoint(path: Path, net: FunnelNet, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                     gen: torch.Generator, device: torch.device, epoch: int, history: list[dict[str, float]],
+                     best: _Best) -> None:
+    """Everything a resumed run needs to continue exactly as an uninterrupted one."""
+    _save_torch({"model": net.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
+                 "epoch": epoch, "rng": _rng_state(gen, device), "history": history,
+                 "best_score": best.score, "best_epoch": best.epoch, "bad_epochs": best.bad_epochs,
+                 "best_metrics": best.metrics}, path)
+
+
+def _load_checkpoint(path: Path, net: FunnelNet, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                     gen: torch.Generator, device: torch.device) -> tuple[list[dict[str, float]], int, _Best]:
+    """Restore ``_save_checkpoint``'s state in place; returns (history, next epoch, best)."""
+    ck = torch.load(path, map_location=device, weights_only=False)
+    net.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    scaler.load_state_dict(ck["scaler"])
+    _set_rng_state(ck["rng"], gen, device)
+    best = _Best(ck["best_score"], ck["best_epoch"], ck["bad_epochs"], ck["best_metrics"])
+    return ck["history"], ck["epoch"] + 1, best
+
+
+def _write_run_inputs(out_dir: Path, pre: Preprocessor, model_cfg: ModelConfig, train_cfg: TrainConfig,
+                      tasks: TaskGraph, columns: FeatureColumns) -> None:
+    """preprocess.json and config.json: what ``load_model`` needs besides the weights."""
+    write_text(out_dir / PREPROCESS_FILE, pre.model_dump_json())
+    write_json(out_dir / CONFIG_FILE, {"model": model_cfg.model_dump(), "train": train_cfg.model_dump(),
+                                       "tasks": tasks.model_dump(), "columns": columns.model_dump()})
+
+
+def _log_epoch(model: str, epoch: int, epochs: int, row: dict[str, float], monitor: str, score: float,
+               best: _Best, eval_seconds: float) -> None:
+    log.info("%s epoch %d/%d: train loss %.4f, valid %s %.4f (best %.4f, epoch %d), %.1f s (%s samples/s) "
+             "+ %.1f s eval", model, epoch + 1, epochs, row["train_loss"], monitor, score, best.score,
+             best.epoch + 1, row["train_seconds"], f"{row['samples_per_sec']:,.0f}", eval_seconds)
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -239,7 +286,8 @@ def train_model(
     Writes out_dir/{model.pt (best weights), preprocess.json, config.json, curves.csv, curves.png,
     checkpoint.pt (last epoch: model, optimizer, epoch, RNG, history)}. ``resume=True`` continues
     from checkpoint.pt when present (a finished run is not retrained). ``on_epoch_end(epoch, row)``
-    runs after each epoch's checkpoint is on disk (tests use it to simulate a crash).
+    runs after each epoch's checkpoint is on disk (tests use it to simulate a crash). Logs one INFO
+    line per epoch on ``funnelflow.train``, with or without the ``progress`` bar.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -251,10 +299,7 @@ def train_model(
 
     columns = columns or infer_feature_columns(train_df, tasks)
     pre = Preprocessor.fit(train_df, columns, model_cfg.min_count)
-    atomic_write_text(out_dir / PREPROCESS_FILE, pre.model_dump_json())
-    atomic_write_text(out_dir / CONFIG_FILE, json.dumps(
-        {"model": model_cfg.model_dump(), "train": train_cfg.model_dump(), "tasks": tasks.model_dump(),
-         "columns": columns.model_dump()}, indent=2))
+    _write_run_inputs(out_dir, pre, model_cfg, train_cfg, tasks, columns)
 
     torch.manual_seed(train_cfg.seed)
     np.random.seed(train_cfg.seed)
@@ -271,22 +316,15 @@ def train_model(
     valid_labels = valid_df[[c for c in ["impression_id"] if c in valid_df] + [t.column for t in tasks.tasks]]
 
     history: list[dict[str, float]] = []
-    start_epoch, best_score, best_epoch, bad_epochs = 0, float("nan"), -1, 0
-    best_metrics: dict[str, float] = {}
+    start_epoch, best = 0, _Best()
     ckpt_path = out_dir / CHECKPOINT_FILE
     if resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        net.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        scaler.load_state_dict(ck["scaler"])
-        _set_rng_state(ck["rng"], gen, device)
-        history, start_epoch = ck["history"], ck["epoch"] + 1
-        best_score, best_epoch, bad_epochs, best_metrics = ck["best_score"], ck["best_epoch"], ck["bad_epochs"], ck["best_metrics"]
+        history, start_epoch, best = _load_checkpoint(ckpt_path, net, opt, scaler, gen, device)
 
     better = (lambda a, b: a > b) if train_cfg.monitor_mode == "max" else (lambda a, b: a < b)
     n, bs = len(cat), train_cfg.batch_size
     train_seconds, samples = 0.0, 0
-    stopped = bad_epochs > 0 and bad_epochs >= train_cfg.patience
+    stopped = best.bad_epochs > 0 and best.bad_epochs >= train_cfg.patience
     for epoch in range(start_epoch, train_cfg.epochs):
         if stopped:
             break
@@ -295,6 +333,7 @@ def train_model(
         train_seconds += epoch_seconds
         samples += n
 
+        t_eval = time.perf_counter()
         preds = predict_arrays(net, v_cat, v_num, tasks, train_cfg.eval_batch_size, device, train_cfg.amp)
         metrics = evaluate_predictions(valid_labels, pd.DataFrame(preds), tasks) if len(valid_df) else {}
         score = _monitor_value(metrics, tasks, train_cfg.monitor) if metrics else -train_loss
@@ -303,22 +342,21 @@ def train_model(
         row.update({"valid_" + k.replace("/", "_"): v for k, v in metrics.items()})
         history.append(row)
 
-        if best_epoch < 0 or (np.isfinite(score) and (not np.isfinite(best_score) or better(score, best_score))):
-            best_score, best_epoch, bad_epochs, best_metrics = score, epoch, 0, metrics
-            atomic_torch_save(net.state_dict(), out_dir / MODEL_FILE)
+        if best.epoch < 0 or (np.isfinite(score) and (not np.isfinite(best.score) or better(score, best.score))):
+            best = _Best(score, epoch, 0, metrics)
+            _save_torch(net.state_dict(), out_dir / MODEL_FILE)
         else:
-            bad_epochs += 1
-        stopped = bad_epochs > 0 and bad_epochs >= train_cfg.patience  # Keras semantics
-        atomic_torch_save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
-                           "epoch": epoch, "rng": _rng_state(gen, device), "history": history,
-                           "best_score": best_score, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                           "best_metrics": best_metrics}, ckpt_path)
+            best.bad_epochs += 1
+        stopped = best.bad_epochs > 0 and best.bad_epochs >= train_cfg.patience  # Keras semantics
+        _save_checkpoint(ckpt_path, net, opt, scaler, gen, device, epoch, history, best)
         write_curves(history, out_dir, train_cfg.monitor, png=False)  # PNG once at the end (~0.3 s each)
+        _log_epoch(model_cfg.name, epoch, train_cfg.epochs, row | {"train_seconds": epoch_seconds},
+                   train_cfg.monitor if metrics else "-train_loss", score, best, time.perf_counter() - t_eval)
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
 
     if history:
         write_curves(history, out_dir, train_cfg.monitor)
-    return TrainResult(out_dir=out_dir, best_epoch=best_epoch, best_score=float(best_score),
-                       valid_metrics=best_metrics, history=history, train_seconds=train_seconds,
+    return TrainResult(out_dir=out_dir, best_epoch=best.epoch, best_score=float(best.score),
+                       valid_metrics=best.metrics, history=history, train_seconds=train_seconds,
                        samples_per_sec=samples / train_seconds if train_seconds else 0.0)

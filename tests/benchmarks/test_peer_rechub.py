@@ -8,7 +8,7 @@ import torch
 
 pytest.importorskip("torch_rechub")
 
-from benchmarks import peer_rechub as pr  # noqa: E402
+from benchmarks import peer_rechub as pr
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +32,8 @@ def test_same_architecture_sizes(name, data):
 
 
 def test_end_to_end_tiny(capsys):
-    pr.main(["--rows", "3000", "--repeats", "1", "--epochs", "1", "--batch-size", "512", "--models", "shared_bottom,esmm",
-             "--device", "cpu", "--cpu-bf16"])
+    pr.main(["--rows", "3000", "--repeats", "1", "--epochs", "1", "--batch-size", "512",
+             "--models", "shared_bottom,esmm", "--device", "cpu", "--cpu-bf16"])
     out = capsys.readouterr().out
     for needle in ("| shared_bottom ", "| shared_bottom (bf16)", "| esmm ", "| esmm (bf16)", "ff/rechub", "conv AUC"):
         assert needle in out
@@ -47,7 +47,7 @@ def test_bf16_runner_trains_under_cpu_autocast(data):
     for key, dtype in (("funnelflow bf16", torch.bfloat16), ("funnelflow", torch.float32)):
         run = keys[key](pr.model_config("mmoe", args), data, args, torch.device("cpu"), 0)
         seen: list[torch.dtype] = []
-        run.net.towers["click"][0].register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+        run.net.towers["click"][0].register_forward_hook(lambda mod, inp, out, seen=seen: seen.append(out.dtype))
         run.train_epoch()
         assert seen and set(seen) == {dtype}
         assert all(p.dtype == torch.float32 for p in run.net.parameters())

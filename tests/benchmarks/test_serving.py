@@ -6,12 +6,13 @@ import pytest
 from benchmarks import serving
 from benchmarks.train_throughput import synthetic_frame
 from flows.registry import Registry
-from models.config import ExportConfig, ModelConfig, TrainConfig
+from models.config import ExportConfig, TrainConfig
 from models.export import export_onnx
+from models.networks import parse_model_config
 from models.tasks import DEFAULT_FUNNEL
 from models.train import train_model
 
-TINY = ModelConfig(name="mmoe", embedding_dim=4, hidden=[16, 8], tower=[8], experts=2)
+TINY = parse_model_config({"name": "mmoe", "embedding_dim": 4, "hidden": [16, 8], "tower": [8], "experts": 2})
 
 
 def test_latency_summary_percentiles_in_microseconds():

@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.config import ModelConfig, TrainConfig
+from models.config import TrainConfig
+from models.networks import MODELS, parse_model_config
 from models.tasks import DEFAULT_FUNNEL, TaskGraph, TaskSpec
 
 
@@ -72,6 +73,14 @@ def make_independent(n: int, seed: int = 0) -> pd.DataFrame:
     })
 
 
+def model_config(name: str, *, experts: int | None = None, **knobs):
+    """``name``'s config from ``knobs``; ``experts`` only for the models that have experts (any other
+    knob a model lacks stays an error)."""
+    if experts is not None and "experts" in MODELS[name].config_class.model_fields:
+        knobs["experts"] = experts
+    return parse_model_config({"name": name, **knobs})
+
+
 @pytest.fixture(scope="session")
 def funnel_splits():
     train, _ = make_funnel(12000, seed=1)
@@ -82,9 +91,10 @@ def funnel_splits():
 
 @pytest.fixture
 def small_cfgs():
-    mc = ModelConfig(embedding_dim=8, hidden=[32, 16], tower=[16], experts=2)
-    tc = TrainConfig(epochs=2, batch_size=512, lr=0.01, patience=2, seed=3, num_threads=1)  # 1 thread: tiny nets, immune to a busy core
+    mc = model_config("mmoe", embedding_dim=8, hidden=[32, 16], tower=[16], experts=2)
+    # 1 thread: tiny nets, immune to a busy core
+    tc = TrainConfig(epochs=2, batch_size=512, lr=0.01, patience=2, seed=3, num_threads=1)
     return mc, tc
 
 
-__all__ = ["make_funnel", "make_independent", "INDEPENDENT", "DEFAULT_FUNNEL"]
+__all__ = ["DEFAULT_FUNNEL", "INDEPENDENT", "make_funnel", "make_independent", "model_config"]

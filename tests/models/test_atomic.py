@@ -63,3 +63,21 @@ def test_clean_stale_restores_a_folder_whose_swap_was_cut_short(tmp_path):
     clean_stale(tmp_path)
     assert (tmp_path / "raw" / "impressions.parquet").read_text() == "snapshot"
     assert not aside.exists()
+
+
+def test_folder_swap_failing_at_the_second_rename_puts_the_old_folder_back(tmp_path, monkeypatch):
+    target = tmp_path / "raw"
+    with atomic_dir(target) as tmp:
+        (tmp / "impressions.parquet").write_text("old")
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if ".tmp-" in str(src):
+            raise OSError("disk gone")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError), atomic_dir(target) as tmp:
+        (tmp / "impressions.parquet").write_text("new")
+    assert (target / "impressions.parquet").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]

@@ -1,9 +1,8 @@
 import numpy as np
+from conftest import INDEPENDENT, make_independent
 
 from models.compare import compare_models
 from models.tasks import DEFAULT_FUNNEL
-
-from conftest import INDEPENDENT, make_independent
 
 
 def test_compare_rows_per_model_and_loss(funnel_splits, small_cfgs):

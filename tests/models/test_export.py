@@ -1,20 +1,18 @@
 import json
-import shutil
 
 import numpy as np
 import pytest
+from conftest import make_funnel, model_config
 
 from models.config import ExportConfig
 from models.export import OnnxScorer, export_onnx
 from models.tasks import DEFAULT_FUNNEL
 from models.train import predict_frame, train_model
 
-from conftest import make_funnel
-
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from models.config import ModelConfig, TrainConfig
+    from models.config import TrainConfig
 
     train, _ = make_funnel(4000, seed=1)
     valid, _ = make_funnel(1000, seed=2)
@@ -22,7 +20,7 @@ def trained(tmp_path_factory):
     tc = TrainConfig(epochs=1, batch_size=512, lr=0.01, num_threads=1)
     for name in ["mmoe", "esmm", "aitm", "htlnet"]:
         value_loss = "lognormal" if name == "htlnet" else "mse_log1p"
-        mc = ModelConfig(name=name, embedding_dim=8, hidden=[32, 16], tower=[16], experts=2, value_loss=value_loss)
+        mc = model_config(name, embedding_dim=8, hidden=[32, 16], tower=[16], experts=2, value_loss=value_loss)
         train_model(train, valid, DEFAULT_FUNNEL, mc, tc, root / name, progress=False)
     return root
 
@@ -35,7 +33,8 @@ def test_onnx_parity_and_bundle(trained, tmp_path, name):
     path = export_onnx(trained / name, tmp_path / "bundle", sample, ExportConfig())
     meta = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
     assert path.exists() and meta["model"] == name and meta["exporter"] == "dynamo"
-    assert meta["outputs"] == ["p_click", "p_conversion", "p_conversion_given_click", "value_given_conversion", "value_expected"]
+    assert meta["outputs"] == ["p_click", "p_conversion", "p_conversion_given_click", "value_given_conversion",
+                               "value_expected"]
     onnx_preds = OnnxScorer(tmp_path / "bundle").predict(score_df)
     torch_preds = predict_frame(trained / name, score_df)
     assert list(onnx_preds.columns) == list(torch_preds.columns)
@@ -64,13 +63,14 @@ def test_tampered_onnx_is_rejected(trained, tmp_path):
 
 
 def test_independent_graph_export(tmp_path):
-    from models.config import ModelConfig, TrainConfig
-
     from conftest import INDEPENDENT, make_independent
 
+    from models.config import TrainConfig
+
     tr, va = make_independent(1500, 1), make_independent(300, 2)
-    mc = ModelConfig(name="ple", embedding_dim=4, hidden=[16, 8], tower=[8], experts=2, value_loss="lognormal")
-    train_model(tr, va, INDEPENDENT, mc, TrainConfig(epochs=1, batch_size=256, num_threads=1), tmp_path / "m", progress=False)
+    mc = model_config("ple", embedding_dim=4, hidden=[16, 8], tower=[8], experts=2, value_loss="lognormal")
+    tc = TrainConfig(epochs=1, batch_size=256, num_threads=1)
+    train_model(tr, va, INDEPENDENT, mc, tc, tmp_path / "m", progress=False)
     export_onnx(tmp_path / "m", tmp_path / "b", va.iloc[:50], ExportConfig())
     got = OnnxScorer(tmp_path / "b").predict(va)
     assert list(got.columns) == ["impression_id", "p_income", "p_never_married", "weeks_expected"]
@@ -104,14 +104,28 @@ def test_fallback_to_legacy_exporter(trained, tmp_path, monkeypatch):
 def test_batch_norm_model_exports_with_parity(tmp_path, name):
     """BatchNorm (eval mode: running statistics) survives ONNX export; 1001 rows at batch 500 leave a
     one-row remainder, which training must skip rather than fail on."""
-    from models.config import ModelConfig, TrainConfig
+    from models.config import TrainConfig
 
     train, _ = make_funnel(1001, seed=3)
     valid, _ = make_funnel(300, seed=4)
-    mc = ModelConfig(name=name, embedding_dim=4, hidden=[16, 8], tower=[8], experts=2, batch_norm=True)
+    mc = model_config(name, embedding_dim=4, hidden=[16, 8], tower=[8], experts=2, batch_norm=True)
     train_model(train, valid, DEFAULT_FUNNEL, mc, TrainConfig(epochs=1, batch_size=500, num_threads=1),
                 tmp_path / "m", progress=False)
     export_onnx(tmp_path / "m", tmp_path / "b", valid.iloc[:50], ExportConfig())
     got, ref = OnnxScorer(tmp_path / "b").predict(valid), predict_frame(tmp_path / "m", valid)
     assert np.max(np.abs(got.p_conversion - ref.p_conversion)) < 1e-5
     assert got.p_click.std() > 0
+
+
+def test_a_failed_export_keeps_the_previous_bundle(trained, tmp_path):
+    """The old bundle stays in place until a new one has passed its parity check; a successful export
+    then replaces it whole, leaving no temp folder behind."""
+    sample, _ = make_funnel(64, seed=4)
+    export_onnx(trained / "esmm", tmp_path / "b", sample, ExportConfig())
+    before = {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()}
+    with pytest.raises(ValueError, match="parity"):
+        export_onnx(trained / "mmoe", tmp_path / "b", sample, ExportConfig(parity_atol=1e-30))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()} == before
+    export_onnx(trained / "mmoe", tmp_path / "b", sample, ExportConfig())
+    assert json.loads((tmp_path / "b" / "bundle.json").read_text())["model"] == "mmoe"
+    assert [p.name for p in tmp_path.iterdir()] == ["b"]

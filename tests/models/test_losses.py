@@ -2,13 +2,14 @@ import math
 
 import pytest
 import torch
+from conftest import model_config
 
-from models.config import ModelConfig
 from models.losses import funnel_loss, joint_bce, pwiser_loss
-from models.networks import adjust_gradient
+from models.networks.htlnet import adjust_gradient
 from models.tasks import TaskGraph, TaskSpec
 
-TWO = TaskGraph(tasks=[TaskSpec(name="click", kind="binary"), TaskSpec(name="conversion", kind="binary", parent="click")])
+TWO = TaskGraph(tasks=[TaskSpec(name="click", kind="binary"),
+                       TaskSpec(name="conversion", kind="binary", parent="click")])
 
 
 def _joint_out(p_click, p_conv):
@@ -35,23 +36,23 @@ def test_pwiser_hand_computed():
 def test_dependence_loss_hand_computed(name, lam):
     out = _joint_out([0.5, 0.8], [0.6, 0.2])  # row 0 violates p_conv <= p_click by 0.1
     labels = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
-    total, terms = funnel_loss(out, labels, TWO, ModelConfig(name=name, loss="dependence"))
+    total, terms = funnel_loss(out, labels, TWO, model_config(name, loss="dependence"))
     bce_click = -(math.log(0.5) + math.log(0.2)) / 2
     bce_ctcvr = -(math.log(0.6) + math.log(0.8)) / 2
     assert terms["click"].item() == pytest.approx(bce_click, rel=1e-5)
     assert terms["conversion"].item() == pytest.approx(bce_ctcvr, rel=1e-5)
     assert total.item() == pytest.approx(bce_click + bce_ctcvr + lam * 0.05, rel=1e-5)
-    total_ctcvr, _ = funnel_loss(out, labels, TWO, ModelConfig(name=name, loss="ctcvr"))
+    total_ctcvr, _ = funnel_loss(out, labels, TWO, model_config(name, loss="ctcvr"))
     assert total_ctcvr.item() == pytest.approx(bce_click + bce_ctcvr, rel=1e-5)  # ESMM: no penalty
 
 
 def test_bce_is_conditional_on_parent_rows():
     out = _joint_out([0.5, 0.5, 0.5], [0.25, 0.25, 0.25])  # p(conv | click) = 0.5
     labels = torch.tensor([[1.0, 1.0], [0.0, 0.0], [1.0, 0.0]])
-    _, terms = funnel_loss(out, labels, TWO, ModelConfig(name="mmoe", loss="bce"))
+    _, terms = funnel_loss(out, labels, TWO, model_config("mmoe", loss="bce"))
     assert terms["conversion"].item() == pytest.approx(math.log(2), rel=1e-6)  # 2 clicked rows only
     labels_no_click = torch.tensor([[0.0, 0.0]] * 3)
-    _, terms = funnel_loss(out, labels_no_click, TWO, ModelConfig(name="mmoe", loss="bce"))
+    _, terms = funnel_loss(out, labels_no_click, TWO, model_config("mmoe", loss="bce"))
     assert terms["conversion"].item() == 0.0
 
 
@@ -67,7 +68,7 @@ def test_regression_loss_only_on_parent_rows():
     out = {"logit_conversion": torch.zeros(2), "logp_conversion": torch.full((2,), math.log(0.5)),
            "mu_value": torch.tensor([math.log1p(3.0), 5.0])}
     labels = torch.tensor([[1.0, 3.0], [0.0, 0.0]])  # row 1 (not converted) must be ignored
-    _, terms = funnel_loss(out, labels, tasks, ModelConfig(name="mmoe"))
+    _, terms = funnel_loss(out, labels, tasks, model_config("mmoe"))
     assert terms["value"].item() == pytest.approx(0.0, abs=1e-10)
 
 

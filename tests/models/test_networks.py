@@ -1,14 +1,13 @@
 import pytest
 import torch
+from conftest import INDEPENDENT, make_funnel, make_independent, model_config
 
-from models.config import ModelConfig
 from models.losses import funnel_loss
-from models.networks import MODELS, BatchedNorm, build_model, chain_outputs, prediction_columns
+from models.networks import MODELS, build_model, chain_outputs, prediction_columns
+from models.networks.layers import BatchedNorm
 from models.preprocess import Preprocessor, infer_feature_columns
 from models.tasks import DEFAULT_FUNNEL
 from models.train import label_matrix
-
-from conftest import INDEPENDENT, make_funnel, make_independent
 
 
 def _batch(df, tasks):
@@ -25,7 +24,7 @@ def test_forward_backward_ranges_and_chaining(name, graph, value_loss):
     df = make_funnel(256, seed=5)[0] if graph == "chain" else make_independent(256)
     pre, cat, num, y = _batch(df, tasks)
     torch.manual_seed(0)
-    cfg = ModelConfig(name=name, embedding_dim=4, hidden=[16, 8], tower=[8], experts=2, value_loss=value_loss,
+    cfg = model_config(name, embedding_dim=4, hidden=[16, 8], tower=[8], experts=2, value_loss=value_loss,
                       pwiser_weight=0.5, dropout=0.1)
     net = build_model(tasks, pre.cardinalities, num.shape[1], cfg)
     out = net(cat, num)
@@ -62,7 +61,7 @@ def test_chain_outputs_value_expectations():
 def test_htlnet_label_embedding_is_deterministic_in_eval():
     df = make_funnel(64, seed=1)[0]
     pre, cat, num, _ = _batch(df, DEFAULT_FUNNEL)
-    net = build_model(DEFAULT_FUNNEL, pre.cardinalities, num.shape[1], ModelConfig(name="htlnet", hidden=[8], tower=[4]))
+    net = build_model(DEFAULT_FUNNEL, pre.cardinalities, num.shape[1], model_config("htlnet", hidden=[8], tower=[4]))
     net.eval()
     a, b = net(cat, num)["p_conversion"], net(cat, num)["p_conversion"]
     assert torch.equal(a, b)
@@ -74,11 +73,11 @@ def test_htlnet_backward_composes_gradients(monkeypatch):
     """With the adjustment replaced by the identity, HTLNet's custom backward must equal plain
     backprop (no gradient lost or counted twice); with the real adjustment the embedding gradient
     changes while the towers' gradients do not."""
-    import models.networks as nw
+    import models.networks.htlnet as nw
 
     df = make_funnel(512, seed=3)[0]
     pre, cat, num, y = _batch(df, DEFAULT_FUNNEL)
-    cfg = ModelConfig(name="htlnet", embedding_dim=4, hidden=[16, 8], tower=[8], htl_gamma=0.5)
+    cfg = model_config("htlnet", embedding_dim=4, hidden=[16, 8], tower=[8], gamma=0.5)
     torch.manual_seed(0)
     net = build_model(DEFAULT_FUNNEL, pre.cardinalities, num.shape[1], cfg)
 
@@ -105,7 +104,7 @@ def test_batch_norm_option_trains_every_parameter(name):
     """batch_norm=True: BatchNorm layers exist, every parameter (BatchNorm's included) gets a gradient."""
     df = make_funnel(256, seed=5)[0]
     pre, cat, num, y = _batch(df, DEFAULT_FUNNEL)
-    cfg = ModelConfig(name=name, embedding_dim=4, hidden=[16, 8], tower=[8], experts=2, batch_norm=True)
+    cfg = model_config(name, embedding_dim=4, hidden=[16, 8], tower=[8], experts=2, batch_norm=True)
     net = build_model(DEFAULT_FUNNEL, pre.cardinalities, num.shape[1], cfg)
     assert any(isinstance(m, torch.nn.BatchNorm1d) for m in net.modules())
     total, terms = funnel_loss(net(cat, num), y, DEFAULT_FUNNEL, cfg)
@@ -127,7 +126,7 @@ def test_batched_norm_is_one_batchnorm_per_member():
 
 def test_batch_norm_off_keeps_parameter_names():
     """Off (the default): no BatchNorm, and the names older checkpoints were saved under."""
-    net = build_model(DEFAULT_FUNNEL, [5, 5], 2, ModelConfig(name="ple", hidden=[8, 8], tower=[4], experts=2))
+    net = build_model(DEFAULT_FUNNEL, [5, 5], 2, model_config("ple", hidden=[8, 8], tower=[4], experts=2))
     assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in net.modules())
     assert "shared_gates.0.weight" in net.state_dict()
 
@@ -145,7 +144,7 @@ def _assert_same_function(net, x, got, want):
         torch.testing.assert_close(got[t], want[t], rtol=1e-5, atol=1e-6)
     g_got = torch.autograd.grad(sum(v.sum() for v in got.values()), [x, *net.parameters()], allow_unused=True)
     g_want = torch.autograd.grad(sum(v.sum() for v in want.values()), [x, *net.parameters()], allow_unused=True)
-    for a, b in zip(g_got, g_want):
+    for a, b in zip(g_got, g_want, strict=True):
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
@@ -156,7 +155,7 @@ def _ple_reference(net, x):
     T, k = net.T, net.k
     task_in, shared_in = [x] * T, x
     for lvl, lin in enumerate(net.levels):
-        groups = task_in + [shared_in]  # expert e reads its group's input: task e // k, or shared
+        groups = [*task_in, shared_in]  # expert e reads its group's input: task e // k, or shared
         experts = [torch.relu(groups[e // k] @ lin.weight[e] + lin.bias[e]) for e in range(lin.weight.shape[0])]
         shared = experts[T * k:]
         new_in = []
@@ -167,14 +166,14 @@ def _ple_reference(net, x):
             g = torch.softmax(net.shared_gates[lvl](shared_in), -1)
             shared_in = sum(g[:, j:j + 1] * ex for j, ex in enumerate(experts))
         task_in = new_in
-    return dict(zip(net.tasks.names, task_in))
+    return dict(zip(net.tasks.names, task_in, strict=True))
 
 
 def test_ple_matches_per_expert_reference():
     """The batched PLE (wide GEMMs, gates spread over all experts, one bmm) computes exactly the
     per-expert CGC stack: 3 tasks, 2 task experts each + 2 shared, levels of different widths."""
     torch.manual_seed(0)
-    cfg = ModelConfig(name="ple", embedding_dim=4, hidden=[8, 6, 5], tower=[4], experts=4, dropout=0.0)
+    cfg = model_config("ple", embedding_dim=4, hidden=[8, 6, 5], tower=[4], experts=4, dropout=0.0)
     net = build_model(DEFAULT_FUNNEL, [7, 5], 3, cfg)
     _randomise(net)
     x = torch.randn(40, net.in_dim, requires_grad=True)
@@ -186,7 +185,7 @@ def test_mmoe_matches_per_expert_reference():
     """The wide-layout MMoE (experts as one GEMM per layer, all tasks mixed by one bmm) equals
     f_t(x) = sum_e softmax(W_t x)_e * expert_e(x) written out expert by expert."""
     torch.manual_seed(0)
-    cfg = ModelConfig(name="mmoe", embedding_dim=4, hidden=[8, 6, 5], tower=[4], experts=3, dropout=0.0)
+    cfg = model_config("mmoe", embedding_dim=4, hidden=[8, 6, 5], tower=[4], experts=3, dropout=0.0)
     net = build_model(DEFAULT_FUNNEL, [7, 5], 3, cfg)
     _randomise(net)
     x = torch.randn(40, net.in_dim, requires_grad=True)
@@ -197,6 +196,7 @@ def test_mmoe_matches_per_expert_reference():
             h = torch.relu(h @ layer.weight[e] + layer.bias[e])
         experts.append(h)
     gates = torch.softmax(net.gates(x).view(40, 3, cfg.experts), -1)
-    want = {t: sum(gates[:, i, e:e + 1] * experts[e] for e in range(cfg.experts)) for i, t in enumerate(net.tasks.names)}
+    want = {t: sum(gates[:, i, e:e + 1] * experts[e] for e in range(cfg.experts))
+            for i, t in enumerate(net.tasks.names)}
     got = net.task_reps(x)
     _assert_same_function(net, x, got, want)

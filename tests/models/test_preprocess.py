@@ -1,11 +1,10 @@
 import numpy as np
 import pandas as pd
+from conftest import make_funnel
 
 from models import preprocess
 from models.preprocess import FeatureColumns, Preprocessor, infer_feature_columns
 from models.tasks import DEFAULT_FUNNEL
-
-from conftest import make_funnel
 
 
 def test_infer_feature_columns_excludes_ids_time_and_labels():

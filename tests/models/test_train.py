@@ -1,15 +1,16 @@
 import json
+import logging
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import INDEPENDENT, make_funnel, make_independent
 
 from models.metrics import evaluate_predictions, logloss
+from models.networks import switch_model
 from models.tasks import DEFAULT_FUNNEL
 from models.train import CHECKPOINT_FILE, MODEL_FILE, load_model, predict_frame, train_model
-
-from conftest import INDEPENDENT, make_independent
 
 
 def test_training_beats_constant_predictor(funnel_splits, small_cfgs, tmp_path):
@@ -44,11 +45,12 @@ def test_best_checkpoint_is_chosen_on_validation(funnel_splits, small_cfgs, tmp_
 def test_same_seed_same_metrics(funnel_splits, small_cfgs, tmp_path):
     train, valid, _, _ = funnel_splits
     mc, tc = small_cfgs
-    mc = mc.model_copy(update={"name": "htlnet", "dropout": 0.1})  # Gumbel + dropout: RNG-dependent
+    mc = switch_model(mc, "htlnet").model_copy(update={"dropout": 0.1})  # Gumbel + dropout: RNG-dependent
     tc = tc.model_copy(update={"epochs": 1})
     a = train_model(train, valid, DEFAULT_FUNNEL, mc, tc, tmp_path / "a", progress=False)
     b = train_model(train, valid, DEFAULT_FUNNEL, mc, tc, tmp_path / "b", progress=False)
-    c = train_model(train, valid, DEFAULT_FUNNEL, mc, tc.model_copy(update={"seed": 99}), tmp_path / "c", progress=False)
+    c = train_model(train, valid, DEFAULT_FUNNEL, mc, tc.model_copy(update={"seed": 99}), tmp_path / "c",
+                    progress=False)
     assert a.valid_metrics == b.valid_metrics
     assert a.valid_metrics != c.valid_metrics
 
@@ -60,7 +62,7 @@ class _Crash(Exception):
 def test_resume_after_crash_matches_uninterrupted(funnel_splits, small_cfgs, tmp_path):
     train, valid, _, _ = funnel_splits
     mc, tc = small_cfgs
-    mc = mc.model_copy(update={"name": "htlnet", "dropout": 0.1})
+    mc = switch_model(mc, "htlnet").model_copy(update={"dropout": 0.1})
     tc = tc.model_copy(update={"epochs": 3, "patience": 5})
     full = train_model(train, valid, DEFAULT_FUNNEL, mc, tc, tmp_path / "full", progress=False)
 
@@ -77,13 +79,13 @@ def test_resume_after_crash_matches_uninterrupted(funnel_splits, small_cfgs, tmp
     sa = torch.load(tmp_path / "full" / MODEL_FILE, weights_only=True)
     sb = torch.load(tmp_path / "resumed" / MODEL_FILE, weights_only=True)
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    assert not list((tmp_path / "resumed").glob("*.tmp"))
+    assert not [p.name for p in (tmp_path / "resumed").iterdir() if ".tmp" in p.name]  # no temps left
 
 
 def test_independent_tasks_train_and_predict(small_cfgs, tmp_path):
     mc, tc = small_cfgs
     train, valid = make_independent(3000, seed=1), make_independent(1000, seed=2)
-    res = train_model(train, valid, INDEPENDENT, mc.model_copy(update={"name": "esmm"}), tc, tmp_path, progress=False)
+    res = train_model(train, valid, INDEPENDENT, switch_model(mc, "esmm"), tc, tmp_path, progress=False)
     preds = predict_frame(tmp_path, valid)
     assert list(preds.columns) == ["impression_id", "p_income", "p_never_married", "weeks_expected"]
     assert res.valid_metrics["income/auc"] > 0.6
@@ -99,3 +101,15 @@ def test_early_stopping_on_configured_monitor(funnel_splits, small_cfgs, tmp_pat
     res = train_model(train, valid, DEFAULT_FUNNEL, mc, tc, tmp_path, progress=False)
     assert res.best_epoch == 0 and len(res.history) == 2
     assert res.history[1]["valid_click_auc"] > res.history[0]["valid_click_auc"]
+
+
+def test_one_log_line_per_epoch_without_progress_bar(caplog, small_cfgs, tmp_path):
+    """The flow and the DVC stage train with progress off: each epoch still logs one INFO line."""
+    mc, tc = small_cfgs
+    train, valid = make_funnel(1500, seed=1)[0], make_funnel(500, seed=2)[0]
+    with caplog.at_level(logging.INFO, logger="funnelflow.train"):
+        train_model(train, valid, DEFAULT_FUNNEL, mc, tc, tmp_path, progress=False)
+    lines = [r.getMessage() for r in caplog.records if r.name == "funnelflow.train"]
+    assert len(lines) == tc.epochs
+    assert lines[0].startswith("mmoe epoch 1/2: train loss ") and "valid mean_auc 0." in lines[0]
+    assert all(k in lines[1] for k in ("epoch 2/2", "best ", "samples/s"))
