@@ -8,8 +8,6 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_LOGGING_LEVEL ?= WARNING
-# ibis (under Feast) warns on every DuckDB fetch; keep the run output readable
-export PYTHONWARNINGS ?= ignore::DeprecationWarning
 
 .PHONY: setup run test test-fast lint bench bench-serving bench-setup bench-peer clean
 

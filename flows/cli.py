@@ -1,16 +1,23 @@
-"""`funnelflow`: the one CLI. Each pipeline step is a subcommand; DVC stages call these commands."""
+"""`funnelflow`: the one CLI. Each pipeline step is a subcommand; DVC stages call these commands.
+
+An expected failure (bad data, a refused gate, a step run out of order, a bad params.yaml) prints one
+line naming the cause and the fix and exits 1; ``-v`` adds the traceback.
+"""
 from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Any, NoReturn
 
 import typer
 
 from flows import steps
+from flows.console import EXPECTED, one_line, quiet
 from flows.params import Params, Paths, load_params
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -19,66 +26,86 @@ app.add_typer(features_app, name="features")
 
 
 class _State:
-    params_path: Optional[Path] = None
-    data_dir: Optional[Path] = None
+    params_path: Path | None = None
+    data_dir: Path | None = None
+    verbose: bool = False
 
 
-def _ctx() -> tuple[Params, Paths]:
-    params = load_params(_State.params_path)
-    paths = Paths(_State.data_dir.resolve()) if _State.data_dir else Paths.default()
-    return params, paths
+def _paths() -> Paths:
+    return Paths(_State.data_dir.resolve()) if _State.data_dir else Paths.default()
 
 
-def _run(step, *args, **kwargs) -> dict:
-    """Run a step; known input errors print their message and exit 1 (no traceback for bad data)."""
-    from features.contract import ContractError
-    from features.validation import ValidationFailed
-    from flows.gate import GateFailed
-    from flows.registry import RegistryError
+def _fail(exc: BaseException) -> NoReturn:
+    if _State.verbose:
+        traceback.print_exception(exc)
+    for line in one_line(exc).splitlines():
+        typer.secho(f"error: {line}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(1)
 
-    params, paths = _ctx()
+
+@contextmanager
+def _expected_failures() -> Iterator[None]:
+    """Turn an expected failure into its one line and exit 1; anything else is a bug: traceback."""
     try:
-        out = step(params, paths, *args, **kwargs)
-    except (ContractError, ValidationFailed, GateFailed, RegistryError) as exc:
-        typer.secho(f"{type(exc).__name__}: {exc}", err=True, fg=typer.colors.RED)
-        raise typer.Exit(1)
-    typer.echo(json.dumps(out, indent=2, default=str))
+        yield
+    except EXPECTED as exc:
+        _fail(exc)
+
+
+def _run(step: Callable[..., dict], *args: Any, overrides: dict[str, dict] | None = None,
+         echo: bool = True, **kwargs: Any) -> dict:
+    """Run a step on params.yaml (``overrides``: section -> fields) and the data dir; print its summary."""
+    with _expected_failures():
+        params = _override(load_params(_State.params_path), overrides or {})
+        out = step(params, _paths(), *args, **kwargs)
+    if echo:
+        typer.echo(json.dumps(out, indent=2, default=str))
     return out
+
+
+def _override(params: Params, overrides: dict[str, dict]) -> Params:
+    update = {k: getattr(params, k).model_copy(update=v) for k, v in overrides.items() if v}
+    return params.model_copy(update=update)
+
+
+def _log_to_stderr(verbose: bool) -> None:
+    """Our own INFO lines (steps, epochs) in a short format; other libraries' only from WARNING (INFO with -v)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
+    logging.getLogger("funnelflow").setLevel(logging.INFO)
 
 
 @app.callback()
 def main(
-    params: Optional[Path] = typer.Option(None, "--params", help="params.yaml to read (default: the repo's)"),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", envvar="FUNNELFLOW_DATA_DIR",
-                                            help="where every step reads and writes (default: ./data)"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    params: Path | None = typer.Option(None, "--params", help="params.yaml to read (default: the repo's)"),
+    data_dir: Path | None = typer.Option(None, "--data-dir", envvar="FUNNELFLOW_DATA_DIR",
+                                         help="where every step reads and writes (default: ./data)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="library logs, and tracebacks of failures"),
 ) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("funnelflow").setLevel(logging.INFO)
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    _State.params_path, _State.data_dir = params, data_dir
+    """Set up the console, then run the subcommand."""
+    quiet()
+    _log_to_stderr(verbose)
+    _State.params_path, _State.data_dir, _State.verbose = params, data_dir, verbose
 
 
 @app.command()
 def generate(
-    rows: Optional[int] = typer.Option(None, help="impressions (default: params generate.rows)"),
-    days: Optional[int] = typer.Option(None),
-    seed: Optional[int] = typer.Option(None),
-    out: Optional[Path] = typer.Option(None, help="dataset folder (default: <data>/generated)"),
-    oracle_out: Optional[Path] = typer.Option(None, help="true probabilities (default: <data>/oracle/oracle.parquet)"),
+    rows: int | None = typer.Option(None, help="impressions (default: params generate.rows)"),
+    days: int | None = typer.Option(None),
+    seed: int | None = typer.Option(None),
+    out: Path | None = typer.Option(None, help="dataset folder (default: <data>/generated)"),
+    oracle_out: Path | None = typer.Option(None, help="true probabilities (default: <data>/oracle/oracle.parquet)"),
 ) -> None:
     """Write a synthetic funnel dataset in the contract layout (and its oracle, separately)."""
-    params, paths = _ctx()
-    overrides = {k: v for k, v in {"rows": rows, "days": days, "seed": seed}.items() if v is not None}
-    params = params.model_copy(update={"generate": params.generate.model_copy(update=overrides)})
-    typer.echo(json.dumps(steps.generate(params, paths, out, oracle_out), indent=2, default=str))
+    fields = {k: v for k, v in {"rows": rows, "days": days, "seed": seed}.items() if v is not None}
+    _run(steps.generate, out, oracle_out, overrides={"generate": fields})
 
 
 @app.command()
 def ingest(
-    source: Optional[Path] = typer.Argument(None, help="dataset folder (default: params data.source)"),
-    format: Optional[str] = typer.Option(None, "--format", help="funnel (contract layout) or a public layout"),
+    source: Path | None = typer.Argument(None, help="dataset folder (default: params data.source)"),
+    format: str | None = typer.Option(None, "--format", help="funnel (contract layout) or a public layout"),
 ) -> None:
     """Check a dataset against the contract and store it as the raw snapshot."""
     _run(steps.ingest, source, format)
@@ -86,7 +113,7 @@ def ingest(
 
 @features_app.command("build")
 def features_build() -> None:
-    """Write the profile and rolling-aggregate tables that the feature views read."""
+    """Write the tables that the feature views read."""
     _run(steps.build_features)
 
 
@@ -123,8 +150,14 @@ def train(resume: bool = typer.Option(False, "--resume", help="continue from the
 
 @app.command()
 def evaluate() -> None:
-    """Test metrics per task (and the champion's on the same rows), ROC and calibration plots."""
+    """Test metrics per task of the candidate, ROC and calibration plots."""
     _run(steps.evaluate)
+
+
+@app.command("score-champion")
+def score_champion() -> None:
+    """Score the champion to beat on the candidate's test rows (its version and metrics, for the gate)."""
+    _run(steps.score_champion)
 
 
 @app.command()
@@ -146,65 +179,58 @@ def promote() -> None:
 
 
 @app.command()
-def rollback(to: Optional[str] = typer.Option(None, help="version to serve (default: the previous one)")) -> None:
+def rollback(to: str | None = typer.Option(None, help="version to serve (default: the previous one)")) -> None:
     """Point the champion back at an earlier version."""
     _run(steps.rollback, to)
 
 
 @app.command()
-def predict(input: Path = typer.Option(..., "--input", help="folder with impressions.parquet (contract layout)"),
+def predict(input: Path = typer.Option(..., "--input", exists=True,
+                                       help="folder with impressions.parquet (contract layout)"),
             output: Path = typer.Option(..., "--output", help="predictions Parquet file to write")) -> None:
     """Score impressions with the champion: Feast point-in-time features + onnxruntime."""
     _run(steps.predict, input, output)
 
 
 @app.command()
-def run(source: Optional[str] = typer.Option(None, help="dataset folder (default: params data.source)")) -> None:
+def run(source: str | None = typer.Option(None, help="dataset folder (default: params data.source)")) -> None:
     """The whole loop as a Prefect flow: ingest -> features -> training set -> validate -> train ->
-    evaluate -> gate -> export -> promote."""
+    evaluate -> score champion -> gate -> export -> promote."""
     from flows.pipeline import retrain
 
-    _, paths = _ctx()
     try:
         result = retrain(params_path=str(_State.params_path) if _State.params_path else None,
-                         data_dir=str(paths.root), source=source)
-    except Exception as exc:  # the flow's failure reason (gate table, validation summary) is the message
-        typer.secho(f"{type(exc).__name__}: {exc}", err=True, fg=typer.colors.RED)
-        raise typer.Exit(1)
+                         data_dir=str(_paths().root), source=source)
+    except EXPECTED as exc:
+        _fail(exc)
+    except Exception as exc:  # Prefect has logged the failed task with its traceback; end on one line
+        if _State.verbose:
+            traceback.print_exception(exc)
+        first = next(iter(str(exc).splitlines()), "")
+        typer.secho(f"error: the flow failed: {type(exc).__name__}: {first} (-v for the traceback)", err=True,
+                    fg=typer.colors.RED)
+        raise typer.Exit(1) from None
     typer.echo(json.dumps(result, indent=2, default=str))
 
 
 @app.command()
 def compare(
-    models: Optional[list[str]] = typer.Option(None, "--model", help="repeatable; default: every model"),
-    losses: Optional[list[str]] = typer.Option(None, "--loss", help="repeatable; default: each applicable"),
-    epochs: Optional[int] = typer.Option(None, help="default: params train.epochs"),
-    out: Optional[Path] = typer.Option(None, help="table folder (default: <data>/compare)"),
+    models: list[str] | None = typer.Option(None, "--model", help="repeatable; default: every model"),
+    losses: list[str] | None = typer.Option(None, "--loss", help="repeatable; default: each applicable"),
+    epochs: int | None = typer.Option(None, help="default: params train.epochs"),
+    out: Path | None = typer.Option(None, help="table folder (default: <data>/compare)"),
 ) -> None:
     """Train every model (with each applicable loss) on the current training set and the same seed;
     print per-task test metrics, oracle gaps, training time and samples/s."""
-    from models.compare import compare_models
-
-    params, paths = _ctx()
-    train = params.train if epochs is None else params.train.model_copy(update={"epochs": epochs})
-    tr, va, te = steps._splits(paths, "train", "validation", "test")
-    table = compare_models(tr, va, te, params.task_graph, params.model, train,
-                           oracle_df=steps._oracle(paths, te["impression_id"]), models=models, losses=losses,
-                           progress=True)
-    out = out or paths.root / "compare"
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "compare.csv", index=False)
-    md = table.to_markdown(index=False, floatfmt=".4f")
-    (out / "compare.md").write_text(md)
-    typer.echo(md)
+    typer.echo(_run(steps.compare, models, losses, epochs, out, echo=False)["table"])
 
 
 @app.command()
 def benchmark(
     dataset: str = typer.Argument(..., help="census"),
-    source: Optional[Path] = typer.Option(None, help="default: benchmarks/data/census-income-1994.csv.gz"),
-    work_dir: Optional[Path] = typer.Option(None, help="default: <data>/benchmark-census"),
-    models: Optional[list[str]] = typer.Option(None, "--model"),
+    source: Path | None = typer.Option(None, help="default: benchmarks/data/census-income-1994.csv.gz"),
+    work_dir: Path | None = typer.Option(None, help="default: <data>/benchmark-census"),
+    models: list[str] | None = typer.Option(None, "--model"),
     seeds: list[int] = typer.Option([1, 2, 3], "--seed"),
     epochs: int = typer.Option(3),
 ) -> None:
@@ -214,10 +240,10 @@ def benchmark(
 
     if dataset != "census":
         raise typer.BadParameter(f"unknown benchmark {dataset!r} (known: census)")
-    _, paths = _ctx()
     source = source or REPO_ROOT / "benchmarks" / "data" / "census-income-1994.csv.gz"
-    table = benchmark_census(source, work_dir or paths.root / "benchmark-census", models, tuple(seeds), epochs,
-                             _State.params_path)
+    with _expected_failures():
+        table = benchmark_census(source, work_dir or _paths().root / "benchmark-census", models, tuple(seeds),
+                                 epochs, _State.params_path)
     typer.echo(format_table(table))
 
 

@@ -1,7 +1,7 @@
 """The promotion gate: per-task metric thresholds, TFX/TFMA style.
 
 Absolute bounds (``click/auc >= 0.70``) must hold for the candidate. Change bounds compare it with the
-current champion evaluated on the SAME test rows (the evaluate step re-scores the champion's ONNX
+champion evaluated on the SAME test rows (the score_champion step re-scores the champion's ONNX
 bundle), so a drop is a real drop and not a different test period. The decision record lists every
 check with its value, bound, baseline and verdict; a missing or NaN metric fails its check.
 """
@@ -13,15 +13,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from flows.params import Bound, ChangeBound, GateConfig
-from flows.registry import write_json_atomic
+from models.atomic import write_json
 
 
 class GateFailed(RuntimeError):
-    """The candidate is not blessed; the message is the decision table."""
+    """The candidate is not blessed: the message is the decision table, ``summary`` the one-line cause."""
+
+    def __init__(self, record: str, summary: str = ""):
+        super().__init__(record)  # one arg, so that unpickling (Prefect stores failed states) rebuilds it
+        self.summary = summary or record
 
 
 @dataclass
 class Check:
+    """One bound checked: the candidate's value, the threshold it met or missed, and the champion's value."""
+
     kind: str            # "absolute" | "change"
     metric: str
     rule: str            # e.g. ">= 0.7" or "drop <= 0.002"
@@ -48,16 +54,13 @@ def _change(c: ChangeBound, cand: dict, champ: dict) -> Check:
     v, base = _num(cand, c.metric), _num(champ, c.metric)
     if base is None:
         return Check("change", c.metric, "vs champion", v, None, None, True, "champion has no value: skipped")
-    if c.max_drop is not None:
-        rule, bound, higher = f"drop <= {c.max_drop:g}", base - c.max_drop, True
-    elif c.max_drop_rel is not None:
-        rule, bound, higher = f"drop <= {c.max_drop_rel:.1%}", base * (1 - c.max_drop_rel), True
-    elif c.max_increase is not None:
-        rule, bound, higher = f"increase <= {c.max_increase:g}", base + c.max_increase, False
-    elif c.max_increase_rel is not None:
-        rule, bound, higher = f"increase <= {c.max_increase_rel:.1%}", base * (1 + c.max_increase_rel), False
-    else:
-        raise ValueError(f"change bound on {c.metric} sets no limit")
+    name, x = c.limit
+    rule, bound, higher = {  # (rule, threshold, higher is better) of the one limit the bound sets
+        "max_drop": (f"drop <= {x:g}", base - x, True),
+        "max_drop_rel": (f"drop <= {x:.1%}", base * (1 - x), True),
+        "max_increase": (f"increase <= {x:g}", base + x, False),
+        "max_increase_rel": (f"increase <= {x:.1%}", base * (1 + x), False),
+    }[name]
     ok = v is not None and (v >= bound if higher else v <= bound)
     return Check("change", c.metric, rule, v, bound, base, ok, "" if v is not None else "metric missing or NaN")
 
@@ -73,6 +76,7 @@ def decide(candidate: dict[str, float], champion: dict[str, float] | None, cfg: 
 
 
 def to_markdown(blessing: dict) -> str:
+    """The decision as a markdown table (the gate's record and the flow's artifact)."""
     verdict = "BLESSED" if blessing["blessed"] else "NOT BLESSED"
     base = blessing.get("champion_version") or "none (first model)"
     lines = [f"## Gate: {verdict} (champion: {base})", "",
@@ -85,16 +89,26 @@ def to_markdown(blessing: dict) -> str:
     return "\n".join(lines)
 
 
+def not_blessed(blessing: dict, record: Path) -> GateFailed:
+    """The error for a refused candidate: the table, and one line naming the failed checks and the fix."""
+    failed = [c for c in blessing["checks"] if not c["passed"]]
+    shown = ", ".join(f"{c['metric']} {c['rule']}" + ("" if c["value"] is None else f" ({c['value']:.4g})")
+                      for c in failed)
+    summary = (f"the gate refused the candidate: {len(failed)} of {len(blessing['checks'])} checks failed: {shown}"
+               f" (table: {record}); train a better model or change params.yaml `gate`, then `funnelflow gate`")
+    return GateFailed(to_markdown(blessing), summary)
+
+
 def write_blessing(blessing: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, blessing)
+    """Write the decision record atomically."""
+    write_json(path, blessing)
 
 
 def require_blessed(path: Path) -> dict:
-    """Export and promotion call this first: nothing unblessed ever leaves the gate."""
+    """The blessing at ``path``; export and promotion call this first: nothing unblessed leaves the gate."""
     if not path.exists():
-        raise GateFailed(f"{path} is missing: run the gate first")
+        raise GateFailed(f"{path} is missing: run `funnelflow gate` first")
     blessing = json.loads(path.read_text())
     if not blessing.get("blessed"):
-        raise GateFailed(to_markdown(blessing))
+        raise not_blessed(blessing, path)
     return blessing

@@ -2,32 +2,38 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import Field, ValidationError, model_validator
 
 from features.engineering import FeatureConfig
 from features.training_set import SplitConfig
 from features.validation import ValidationConfig
-from models.config import ExportConfig, ModelConfig, TrainConfig
+from models.config import ExportConfig, TrainConfig
+from models.networks import ModelConfig, parse_model_config
+from models.strict import Strict
 from models.tasks import TaskGraph, TaskSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ParamsError(ValueError):
+    """params.yaml is missing, is not YAML, or breaks the schema: one line per problem."""
 
 
-class DataConfig(_Strict):
+class DataConfig(Strict):
+    """Where the raw snapshot comes from."""
+
     source: str = "generate"   # "generate" or a dataset folder in the contract layout
     format: str = "funnel"     # adapter for a non-generated source
 
 
-class GenerateConfig(_Strict):
+class GenerateConfig(Strict):
+    """The synthetic funnel generator's size, seed and start date."""
+
     rows: int = 200_000
     days: int = 30
     users: int | None = None
@@ -36,7 +42,7 @@ class GenerateConfig(_Strict):
     start: str = "2026-09-01"
 
 
-class Bound(_Strict):
+class Bound(Strict):
     """An absolute bound on one ``task/metric`` (TFMA's GenericValueThreshold)."""
 
     metric: str
@@ -44,8 +50,11 @@ class Bound(_Strict):
     value: float
 
 
-class ChangeBound(_Strict):
-    """A bound on the change against the champion (TFMA's GenericChangeThreshold)."""
+CHANGE_LIMITS = ("max_drop", "max_increase", "max_increase_rel", "max_drop_rel")
+
+
+class ChangeBound(Strict):
+    """A bound on the change against the champion (TFMA's GenericChangeThreshold); exactly one limit."""
 
     metric: str
     max_drop: float | None = None          # higher-is-better metrics: candidate >= champion - max_drop
@@ -53,63 +62,195 @@ class ChangeBound(_Strict):
     max_increase_rel: float | None = None  # lower-is-better, relative: candidate <= champion * (1 + x)
     max_drop_rel: float | None = None      # higher-is-better, relative
 
+    @model_validator(mode="after")
+    def _exactly_one_limit(self) -> ChangeBound:
+        found = [k for k in CHANGE_LIMITS if getattr(self, k) is not None]
+        if len(found) != 1:
+            raise ValueError(f"change bound on {self.metric!r} must set exactly one of {', '.join(CHANGE_LIMITS)}"
+                             f" (it sets {', '.join(found) or 'none'})")
+        return self
 
-class GateConfig(_Strict):
-    absolute: list[Bound] = []
-    change: list[ChangeBound] = []
+    @property
+    def limit(self) -> tuple[str, float]:
+        """The one limit it sets: (name, value)."""
+        return next((k, v) for k in CHANGE_LIMITS if (v := getattr(self, k)) is not None)
 
 
-class Params(_Strict):
+class GateConfig(Strict):
+    """Promotion bounds: absolute ones on the candidate, change ones against the champion."""
+
+    absolute: list[Bound] = Field(default_factory=list)
+    change: list[ChangeBound] = Field(default_factory=list)
+
+
+class Params(Strict):
+    """Every section of params.yaml, typed; ``tasks`` has no default (it defines the funnel)."""
+
     data: DataConfig = DataConfig()
     generate: GenerateConfig = GenerateConfig()
     tasks: list[TaskSpec]
     features: FeatureConfig = FeatureConfig()
     split: SplitConfig = SplitConfig()
     validation: ValidationConfig = ValidationConfig()
-    model: ModelConfig = ModelConfig()
+    model: ModelConfig = parse_model_config({})  # no name: models.networks.DEFAULT_MODEL (mmoe)
     train: TrainConfig = TrainConfig()
     gate: GateConfig = GateConfig()
     export: ExportConfig = ExportConfig()
 
     @property
     def task_graph(self) -> TaskGraph:
+        """The tasks as a checked graph (parents before children)."""
         return TaskGraph(tasks=self.tasks)
 
 
 def load_params(path: Path | str | None = None) -> Params:
-    path = Path(path or os.environ.get("FUNNELFLOW_PARAMS", REPO_ROOT / "params.yaml"))
-    raw = yaml.safe_load(Path(path).read_text()) or {}
-    params = Params(**raw)
-    params.task_graph  # validate the graph's order and parents now, not at first use
+    """Read and check params.yaml (default ``$FUNNELFLOW_PARAMS``, else the repo's).
+
+    Raises:
+        ParamsError: the file is missing, is not YAML, or breaks the schema (one line per error).
+    """
+    path = Path(path or os.environ.get("FUNNELFLOW_PARAMS") or REPO_ROOT / "params.yaml")
+    name = _shown(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ParamsError(f"{name}: no such file (pass another one with --params)") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{name}: not valid YAML: {_yaml_problem(exc)}") from None
+    try:
+        params = Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ParamsError(_errors(name, exc, raw)) from exc
+    try:
+        TaskGraph(tasks=params.tasks)  # check the graph's order and parents now, not at first use
+    except ValidationError as exc:
+        raise ParamsError(_errors(name, exc, raw, "tasks")) from exc
     return params
+
+
+def _shown(path: Path) -> str:
+    """``path`` as the user knows it: relative to the working dir when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _errors(name: str, exc: ValidationError, raw: Any, section: str = "") -> str:
+    """One line per error: ``params.yaml: model.dropout: Input should be less than 1``."""
+    return "\n".join(": ".join(filter(None, (name, _key(section, _in_file(e["loc"], raw)), e["msg"])))
+                     for e in exc.errors())
+
+
+def _in_file(loc: tuple[Any, ...], raw: Any) -> list[Any]:
+    """The error's location as keys of the file: without the tag pydantic adds for a discriminated union
+    (``model.mmoe.dropout`` is ``model.dropout`` in params.yaml)."""
+    keys, node = [], raw
+    for i, k in enumerate(loc):
+        nxt = loc[i + 1] if i + 1 < len(loc) else None
+        if isinstance(node, dict) and k not in node and nxt in node:
+            continue  # a union tag: the next key is in the file at this level
+        keys.append(k)
+        node = _child(node, k)
+    return keys
+
+
+def _child(node: Any, key: Any) -> Any:
+    if isinstance(node, dict):
+        return node.get(key)
+    if isinstance(node, list) and isinstance(key, int) and key < len(node):
+        return node[key]
+    return None
+
+
+def _key(section: str, loc: list[Any]) -> str:
+    """An error location as a params.yaml key path: ``tasks[1].parent``, ``model.dropout``."""
+    return (section + "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in loc)).lstrip(".")
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what, on one line."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + " ".join(str(getattr(exc, "problem", None) or exc).split())
 
 
 @dataclass(frozen=True)
 class Paths:
-    """Where each step reads and writes: everything under one data dir that git ignores."""
+    """Where each step reads and writes: every folder under one data dir that git ignores.
+
+    Passed explicitly to every step (never through the environment), so two flows in one process
+    with different data dirs cannot see each other's folders.
+    """
 
     root: Path
 
     @classmethod
-    def default(cls) -> "Paths":
+    def default(cls) -> Paths:
+        """The data dir the user asked for: ``$FUNNELFLOW_DATA_DIR``, else ``<repo>/data``."""
         return cls(Path(os.environ.get("FUNNELFLOW_DATA_DIR", REPO_ROOT / "data")).resolve())
 
-    def __getattr__(self, name: str) -> Path:
-        if name in STEP_DIRS:
-            return self.root / STEP_DIRS[name]
-        raise AttributeError(name)
+    @property
+    def generated(self) -> Path:
+        """The generator's dataset (contract layout)."""
+        return self.root / "generated"
 
+    @property
+    def oracle(self) -> Path:
+        """The generator's true probabilities: never part of the dataset."""
+        return self.root / "oracle" / "oracle.parquet"
 
-STEP_DIRS = {
-    "generated": "generated",              # the generator's dataset (contract layout)
-    "oracle": "oracle/oracle.parquet",     # the generator's true probabilities: never in the dataset
-    "raw": "raw",                          # the checked raw snapshot
-    "features": "features",                # feature tables the Feast views read
-    "training_set": "training_set",
-    "validation": "validation",
-    "model": "model",                      # the trained candidate
-    "evaluation": "evaluation",            # test metrics and plots of the candidate
-    "gate": "gate",                        # blessing.json
-    "bundle": "bundle",                    # the ONNX bundle of a blessed candidate
-    "registry": "registry",                # versioned champions and the champion pointer
-}
+    @property
+    def raw(self) -> Path:
+        """The checked raw snapshot."""
+        return self.root / "raw"
+
+    @property
+    def features(self) -> Path:
+        """Feature tables that the Feast views read."""
+        return self.root / "features"
+
+    @property
+    def feast(self) -> Path:
+        """Feast's registry and online store, and the records of apply and materialize."""
+        return self.root / "feast"
+
+    @property
+    def training_set(self) -> Path:
+        """train/validation/test Parquet files and their manifest."""
+        return self.root / "training_set"
+
+    @property
+    def validation(self) -> Path:
+        """GX summary, Data Docs and the drift reference."""
+        return self.root / "validation"
+
+    @property
+    def model(self) -> Path:
+        """The trained candidate."""
+        return self.root / "model"
+
+    @property
+    def evaluation(self) -> Path:
+        """Test metrics and plots of the candidate."""
+        return self.root / "evaluation"
+
+    @property
+    def champion(self) -> Path:
+        """The champion to beat: its version and its metrics on the candidate's test rows."""
+        return self.root / "champion"
+
+    @property
+    def gate(self) -> Path:
+        """The gate decision (blessing.json)."""
+        return self.root / "gate"
+
+    @property
+    def bundle(self) -> Path:
+        """The ONNX bundle of a blessed candidate."""
+        return self.root / "bundle"
+
+    @property
+    def registry(self) -> Path:
+        """Versioned champions and the champion pointer."""
+        return self.root / "registry"

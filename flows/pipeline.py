@@ -2,48 +2,43 @@
 
 - Retries on the I/O steps (ingest, Feast apply/materialize/retrieval), never on bad input.
 - Results keyed on data and params versions: a task's cache key hashes its DVC stage's params
-  sections and the content fingerprints of its deps (dvc.yaml is the one list of what a step reads);
-  a cached step whose outputs have gone missing is re-run.
-- Artifacts: the validation summary, the metrics table, and the gate decision.
+  sections and a size-and-mtime fingerprint of each of its deps (dvc.yaml is the one list of what a
+  step reads); a cached step whose outputs have gone missing is re-run. score_champion, gate, export
+  and promote are never cached: the champion they depend on lives outside any deps.
+- Artifacts, from the steps' return values: the validation summary, the metrics table (candidate vs
+  champion), and the gate decision.
+- The steps' own log lines (``funnelflow`` logger: steps, epochs) go to the run's logs.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-from functools import lru_cache
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NONE
+from prefect.logging.handlers import APILogHandler
 
-from flows import steps
-from flows.params import REPO_ROOT, Params, Paths, load_params
-
-DATA_PREFIX = "data/"
-
-
-@lru_cache(maxsize=1)
-def dvc_stages() -> dict:
-    return yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
-
-
-def _names(entries: list) -> list[str]:
-    return [next(iter(e)) if isinstance(e, dict) else e for e in entries]
-
-
-def _resolve(rel: str, paths: Paths) -> Path:
-    """dvc.yaml paths are repo-relative with data under data/; map them onto this run's data dir."""
-    return paths.root / rel[len(DATA_PREFIX):] if rel.startswith(DATA_PREFIX) else REPO_ROOT / rel
+from features.validation import ValidationFailed
+from flows import stages, steps
+from flows.console import EXPECTED, quiet
+from flows.gate import GateFailed
+from flows.params import Params, Paths, load_params
 
 
 def _fingerprint(path: Path) -> str:
-    """Size and mtime of every file under ``path`` (cheap; any rewrite changes it)."""
+    """Size and mtime of every file under ``path``: cheap, and any rewrite changes it (even of the same
+    bytes: not a content hash). Bytecode caches are skipped: they appear when a module is first imported
+    (often inside a step, after its key was taken) and derive from the sources anyway."""
     if not path.exists():
         return "missing"
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    files = [path] if path.is_file() else sorted(
+        p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     h = hashlib.sha256()
     for f in files:
         st = f.stat()
@@ -52,40 +47,36 @@ def _fingerprint(path: Path) -> str:
 
 
 def cache_key(stage: str, params: Params, paths: Paths) -> str:
-    spec = dvc_stages()[stage]
+    """A stage's inputs as one key: its params sections, its deps' fingerprints and the data dir."""
     h = hashlib.sha256(stage.encode())
     dumped = params.model_dump(mode="json")
-    for section in spec.get("params", []):
+    for section in stages.stages()[stage].get("params", []):
         h.update(json.dumps(dumped.get(section), sort_keys=True).encode())
-    for dep in _names(spec.get("deps", [])):
-        h.update(_fingerprint(_resolve(dep, paths)).encode())
+    for dep in stages.deps(stage):
+        h.update(_fingerprint(stages.resolve(dep, paths)).encode())
     h.update(str(paths.root).encode())
     return h.hexdigest()
 
 
 def outputs_present(stage: str, paths: Paths) -> bool:
-    spec = dvc_stages()[stage]
-    outs = _names(spec.get("outs", [])) + _names(spec.get("metrics", []))
-    return all(_resolve(o, paths).exists() for o in outs)
+    """Whether everything the stage writes is still there (else its cached result is stale)."""
+    return all(stages.resolve(o, paths).exists() for o in stages.outs(stage))
 
 
-def _no_retry_on_bad_input(task, task_run, state) -> bool:
-    from features.contract import ContractError
-    from features.validation import ValidationFailed
-    from flows.gate import GateFailed
-
+def _no_retry_on_bad_input(task: Any, task_run: Any, state: Any) -> bool:
     try:
         state.result()
-    except (ContractError, ValidationFailed, GateFailed):
+    except EXPECTED:
         return False
     except Exception:
         return True
     return True
 
 
-def _step_task(fn, stage: str, retries: int = 0, cached: bool = True):
+def _step_task(fn: Callable[..., dict], stage: str, retries: int = 0, cached: bool = True) -> Any:
     """A Prefect task around one step function; cached steps are keyed on their stage's inputs."""
-    opts = dict(name=stage, retries=retries, retry_delay_seconds=2, retry_condition_fn=_no_retry_on_bad_input)
+    opts: dict[str, Any] = dict(name=stage, retries=retries, retry_delay_seconds=2,
+                                retry_condition_fn=_no_retry_on_bad_input)
     if cached:
         opts.update(cache_key_fn=lambda ctx, p: cache_key(stage, p["params"], p["paths"]), persist_result=True)
     else:
@@ -102,51 +93,62 @@ T = {
     "training_set": _step_task(steps.training_set, "training_set", retries=2),
     "validate": _step_task(steps.validate, "validate"),
     "train": _step_task(steps.train, "train"),
-    # Evaluation re-scores the champion, which lives outside the stage's deps: never cached.
-    "evaluate": _step_task(steps.evaluate, "evaluate", cached=False),
+    "evaluate": _step_task(steps.evaluate, "evaluate"),
+    "score_champion": _step_task(steps.score_champion, "score_champion", cached=False),
     "gate": _step_task(steps.gate, "gate", cached=False),
     "export": _step_task(steps.export, "export", cached=False),
     "promote": _step_task(steps.promote, "promote", cached=False),
 }
 
 
-def _call(stage: str, params: Params, paths: Paths, **kwargs):
+def _call(stage: str, params: Params, paths: Paths, **kwargs: Any) -> dict:
     t = T[stage]
     if t.cache_key_fn is not None and not outputs_present(stage, paths):
         t = t.with_options(refresh_cache=True)
     return t(params=params, paths=paths, **kwargs)
 
 
-def _publish_validation(paths: Paths) -> None:
-    summary = paths.validation / "summary.md"
-    if summary.exists():
-        create_markdown_artifact(summary.read_text(), key="validation-summary",
-                                 description=f"Great Expectations; Data Docs: {paths.validation / 'data_docs/index.html'}")
+@contextmanager
+def _step_logs_to_run() -> Iterator[None]:
+    """Send the ``funnelflow`` logger's INFO lines (steps, epochs) to the run's logs while the flow runs."""
+    logger, handler = logging.getLogger("funnelflow"), APILogHandler()
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
-def _publish_metrics(paths: Paths) -> None:
-    metrics = json.loads((paths.evaluation / "metrics.json").read_text())
-    champ = json.loads((paths.evaluation / "champion_metrics.json").read_text())
-    rows = [{"metric": k, "candidate": round(v, 6),
-             "champion": None if champ.get(k) is None else round(champ[k], 6)} for k, v in metrics.items()]
-    create_table_artifact(rows, key="test-metrics", description="Per-task test metrics, candidate vs champion")
+def _validation_markdown(summary: dict) -> str:
+    met = summary["evaluated"] - summary["failed"]
+    return (f"## Training-set validation {'PASSED' if summary['success'] else 'FAILED'}: "
+            f"{met}/{summary['evaluated']} expectations met\n\nData Docs: {summary['docs']}")
 
 
-def _publish_gate(paths: Paths) -> None:
-    md = paths.gate / "blessing.md"
-    if md.exists():
-        create_markdown_artifact(md.read_text(), key="gate-decision", description="Promotion gate decision")
+def _publish_metrics(candidate: dict[str, float], champion: dict) -> None:
+    base = champion["metrics"]
+    rows = [{"metric": k, "candidate": round(v, 6), "champion": None if base.get(k) is None else round(base[k], 6)}
+            for k, v in candidate.items()]
+    create_table_artifact(rows, key="test-metrics",
+                          description=f"Per-task test metrics, candidate vs champion {champion['version'] or '(none)'}")
 
 
 @flow(name="funnelflow-retrain", log_prints=True)
 def retrain(params_path: str | None = None, data_dir: str | None = None, source: str | None = None) -> dict:
-    """ingest (or generate) -> features apply + materialize -> training set -> validate -> train ->
-    evaluate -> gate -> export -> promote. Fails (with the record as reason) on bad data or a failed gate."""
-    logger = get_run_logger()
-    params = load_params(params_path)
-    paths = Paths(Path(data_dir).resolve()) if data_dir else Paths.default()
-    os.environ["FUNNELFLOW_DATA_DIR"] = str(paths.root)
-    out: dict = {}
+    """Ingest (or generate) -> features apply + materialize -> training set -> validate -> train ->
+    evaluate -> score champion -> gate -> export -> promote. Fails (with the record as reason) on bad
+    data or a failed gate."""
+    quiet()
+    with _step_logs_to_run():
+        return _retrain(load_params(params_path), Paths(Path(data_dir).resolve()) if data_dir else Paths.default(),
+                        source)
+
+
+def _retrain(params: Params, paths: Paths, source: str | None) -> dict:
+    out: dict[str, dict] = {}
     if source is None and params.data.source == "generate":
         out["generate"] = _call("generate", params, paths)
     out["ingest"] = _call("ingest", params, paths, source=Path(source) if source else None)
@@ -154,18 +156,24 @@ def retrain(params_path: str | None = None, data_dir: str | None = None, source:
         out[stage] = _call(stage, params, paths)
     try:
         out["validate"] = _call("validate", params, paths)
-    finally:
-        _publish_validation(paths)
+    except ValidationFailed as exc:
+        create_markdown_artifact(str(exc), key="validation-summary", description="Great Expectations")
+        raise
+    create_markdown_artifact(_validation_markdown(out["validate"]), key="validation-summary",
+                             description="Great Expectations")
     out["train"] = _call("train", params, paths, progress=False)
     out["evaluate"] = _call("evaluate", params, paths)
-    _publish_metrics(paths)
+    out["score_champion"] = _call("score_champion", params, paths)
+    _publish_metrics(out["evaluate"]["metrics"], out["score_champion"])
     try:
         out["gate"] = _call("gate", params, paths)
-    finally:
-        _publish_gate(paths)
+    except GateFailed as exc:
+        create_markdown_artifact(str(exc), key="gate-decision", description="Promotion gate decision")
+        raise
+    create_markdown_artifact(out["gate"]["decision"], key="gate-decision", description="Promotion gate decision")
     out["export"] = _call("export", params, paths)
     out["promote"] = _call("promote", params, paths)
-    logger.info("champion %s at %s", out["promote"]["champion"], out["promote"]["path"])
+    get_run_logger().info("champion %s at %s", out["promote"]["champion"], out["promote"]["path"])
     return {"champion": out["promote"]["champion"], "champion_path": out["promote"]["path"],
             "metrics": str(paths.evaluation / "metrics.json"), "gate": str(paths.gate / "blessing.md"),
             "data_docs": str(paths.validation / "data_docs" / "index.html"),

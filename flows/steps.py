@@ -1,29 +1,44 @@
 """The pipeline's steps: one function each, called by the CLI (hence by DVC stages) and by the Prefect flow.
 
 Every step reads ``params.yaml`` sections through ``Params`` and its inputs from ``Paths``, writes its
-outputs atomically, and returns a small JSON-able summary (what it wrote, counts, timings).
+outputs atomically (models/atomic.py), and returns a small JSON-able summary (what it wrote, counts,
+timings). A step whose input is missing (run out of order) raises ``MissingInput`` naming the command
+that writes it (flows/stages.py reads that from dvc.yaml).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
+from typing import TYPE_CHECKING, Concatenate, ParamSpec
 
+from flows import stages
 from flows.params import Params, Paths
+from models.atomic import atomic_file, clean_stale, write_json, write_text
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from flows.registry import Registry
 
 log = logging.getLogger("funnelflow")
+P = ParamSpec("P")
 
 
-def timed(fn):
-    """Log the step's start and end and add ``seconds`` to its summary."""
+def timed(fn: Callable[Concatenate[Params, Paths, P], dict | None]) -> Callable[Concatenate[Params, Paths, P], dict]:
+    """The step wrapper: remove what a crashed run left in the data dir, log the step's start and end,
+    and add ``seconds`` to its summary."""
 
     @wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(params: Params, paths: Paths, *args: P.args, **kwargs: P.kwargs) -> dict:
+        clean_stale(paths.root)
         t0 = time.perf_counter()
         log.info("step %s: start", fn.__name__)
-        out = fn(*args, **kwargs) or {}
+        out = fn(params, paths, *args, **kwargs) or {}
         out["seconds"] = round(time.perf_counter() - t0, 3)
         log.info("step %s: done in %.1fs", fn.__name__, out["seconds"])
         return out
@@ -43,10 +58,8 @@ def generate(params: Params, paths: Paths, out: Path | None = None, oracle_out: 
     summary = write_dataset(FunnelDataset(data.impressions, data.users, data.items), out,
                             extra={"generator": g.model_dump()})
     oracle_out = Path(oracle_out or paths.oracle)
-    oracle_out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = oracle_out.with_suffix(".tmp")
-    data.oracle.to_parquet(tmp, index=False)
-    tmp.replace(oracle_out)
+    with atomic_file(oracle_out) as tmp:
+        data.oracle.to_parquet(tmp, index=False)
     return {"out": str(out), "oracle": str(oracle_out), **summary}
 
 
@@ -67,40 +80,50 @@ def ingest(params: Params, paths: Paths, source: Path | None = None, fmt: str | 
 
 @timed
 def build_features(params: Params, paths: Paths) -> dict:
-    """Profile and rolling-aggregate tables (the Feast feature views' sources)."""
+    """Every registered feature view's table (the Feast feature views' sources)."""
     from features.engineering import build_feature_tables
+    from features.views import VIEWS
 
-    return build_feature_tables(paths.raw, paths.features, params.task_graph, params.features)
+    meta = build_feature_tables(paths.raw, paths.features, params.task_graph, params.features, VIEWS)
+    return {"rows": meta.rows, "day0": meta.day0.isoformat(), "n_days": meta.n_days}
 
 
 @timed
 def features_apply(params: Params, paths: Paths) -> dict:
+    """Register the entities, feature views and feature service of the view registry in Feast."""
     from features import store
+    from features.views import VIEWS
 
-    summary = {"applied": store.apply(paths.root)}
-    _write_json(paths.root / "feast" / "applied.json", summary)
+    feast = store.FeastPaths(paths.feast, paths.features)
+    summary = {"applied": store.apply(feast, params.features.feature_service, VIEWS)}
+    write_json(paths.feast / "applied.json", summary)
     return summary
 
 
 @timed
 def features_materialize(params: Params, paths: Paths) -> dict:
+    """Load the latest feature values into Feast's online store."""
     from features import store
 
-    summary = store.materialize(paths.root)
-    _write_json(paths.root / "feast" / "materialized.json", summary)
+    summary = store.materialize(store.FeastPaths(paths.feast, paths.features))
+    write_json(paths.feast / "materialized.json", summary)
     return summary
 
 
 @timed
 def training_set(params: Params, paths: Paths) -> dict:
+    """Point-in-time features on every impression, filled, split by time, with a manifest."""
+    from features.store import FeastPaths
     from features.training_set import build_training_set
 
-    manifest = build_training_set(paths.root, params.task_graph, params.features, params.split, paths.training_set)
+    manifest = build_training_set(FeastPaths(paths.feast, paths.features), paths.raw, paths.training_set,
+                                  params.task_graph, params.features, params.split)
     return {"splits": {k: v["rows"] for k, v in manifest["splits"].items()}, "data_hash": manifest["data_hash"]}
 
 
 @timed
 def validate(params: Params, paths: Paths, raise_on_failure: bool = True) -> dict:
+    """Validate the training set with the GX suite; summary and Data Docs under the validation dir."""
     from features.validation import validate_training_set
 
     report = validate_training_set(paths.training_set, paths.validation, params.task_graph, params.validation,
@@ -109,17 +132,10 @@ def validate(params: Params, paths: Paths, raise_on_failure: bool = True) -> dic
             "summary": str(paths.validation / "summary.md"), "docs": report.docs_index}
 
 
-def _splits(paths: Paths, *names: str):
+def _splits(paths: Paths, *names: str) -> list[pd.DataFrame]:
     from features.training_set import load_split
 
     return [load_split(paths.training_set, n) for n in names]
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    from flows.registry import write_json_atomic
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, obj)
 
 
 @timed
@@ -133,11 +149,11 @@ def train(params: Params, paths: Paths, resume: bool = False, progress: bool = T
     summary = {"model": params.model.name, "best_epoch": res.best_epoch, "best_score": res.best_score,
                "valid": res.valid_metrics, "train_seconds": res.train_seconds,
                "samples_per_sec": res.samples_per_sec}
-    _write_json(paths.model / "train_summary.json", summary)
+    write_json(paths.model / "train_summary.json", summary)
     return summary
 
 
-def _oracle(paths: Paths, ids) -> "pd.DataFrame | None":
+def _oracle(paths: Paths, ids: pd.Series) -> pd.DataFrame | None:
     """The generator's true probabilities for these impressions, when the data came from it."""
     import pandas as pd
 
@@ -147,83 +163,120 @@ def _oracle(paths: Paths, ids) -> "pd.DataFrame | None":
     return oracle if pd.Index(ids).isin(oracle["impression_id"]).all() else None
 
 
+def _model_file(paths: Paths) -> Path:
+    return paths.model / "model.pt"
+
+
 @timed
 def evaluate(params: Params, paths: Paths) -> dict:
-    """Test metrics of the candidate (and of the champion on the same rows), plus ROC/calibration plots."""
+    """Test metrics of the candidate per task, and its ROC/calibration plots; nothing about the champion."""
     from models.metrics import evaluate_predictions
     from models.plots import write_eval_plots
     from models.train import predict_frame
 
-    from flows.registry import Registry
-
+    stages.require(paths, _model_file(paths))
     (test,) = _splits(paths, "test")
     tasks = params.task_graph
     preds = predict_frame(paths.model, test)
     metrics = evaluate_predictions(test, preds, tasks, _oracle(paths, test["impression_id"]))
-    out = paths.evaluation
-    _write_json(out / "metrics.json", metrics)
-    plots = write_eval_plots(test, preds, tasks, out / "plots")
-    champion = {}
-    champ_dir = Registry(paths.registry).champion_dir()
-    if champ_dir is not None:
-        champion = {"version": champ_dir.name, **_score_champion(champ_dir, test, tasks)}
-    _write_json(out / "champion_metrics.json", champion)
-    return {"metrics": metrics, "champion": champion.get("version"), "plots": [str(p) for p in plots]}
+    write_json(paths.evaluation / "metrics.json", metrics)
+    plots = write_eval_plots(test, preds, tasks, paths.evaluation / "plots")
+    return {"metrics": metrics, "plots": [str(p) for p in plots]}
 
 
-def _score_champion(champ_dir: Path, test, tasks) -> dict:
-    """The champion's metrics on the candidate's test rows; {} if its bundle can't read them."""
+@timed
+def score_champion(params: Params, paths: Paths) -> dict:
+    """The champion the candidate must beat, scored on the candidate's test rows (onnxruntime).
+
+    Writes ``{"version", "metrics"}`` to the champion dir; version None (no metrics) before the first
+    promotion. Once this very model is the champion, the one to beat stays the champion it was judged
+    against, so a rerun after its promotion decides the same (and a no-op ``dvc repro`` stops here).
+    """
+    from flows.registry import Registry
+
+    model = _model_file(paths)
+    stages.require(paths, model)
+    registry = Registry(paths.registry)
+    version = _champion_to_beat(registry, _sha256(model))
+    metrics = {} if version is None else _score(registry.versions / version, paths, params)
+    record = {"version": version, "metrics": metrics}
+    write_json(paths.champion / "champion.json", record)
+    return record
+
+
+def _champion_to_beat(registry: Registry, model_sha256: str) -> str | None:
+    ptr = registry.champion()
+    if ptr is None:
+        return None
+    release = registry.release(ptr["version"])
+    return release.get("champion_before") if release.get("model_sha256") == model_sha256 else ptr["version"]
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _score(version_dir: Path, paths: Paths, params: Params) -> dict:
+    """A version's metrics on the candidate's test rows; its recorded metrics if its bundle can't read them."""
     from models.export import OnnxScorer
     from models.metrics import evaluate_predictions
 
+    (test,) = _splits(paths, "test")
     try:
-        preds = OnnxScorer(champ_dir).predict(test)
+        preds = OnnxScorer(version_dir).predict(test)
     except Exception as exc:  # e.g. the feature schema changed since the champion was trained
         log.warning("champion %s cannot score the current test set (%s); using its recorded metrics",
-                    champ_dir.name, exc)
-        return json.loads((champ_dir / "metrics.json").read_text())
-    return evaluate_predictions(test, preds, tasks)
+                    version_dir.name, exc)
+        return json.loads((version_dir / "metrics.json").read_text())
+    return evaluate_predictions(test, preds, params.task_graph)
 
 
 @timed
 def gate(params: Params, paths: Paths) -> dict:
-    """Decide; write blessing.json either way; raise GateFailed when not blessed."""
-    from flows.gate import GateFailed, decide, to_markdown, write_blessing
+    """Decide from the candidate's metrics and the champion's record; write the decision either way;
+    raise GateFailed when not blessed."""
+    from flows.gate import decide, not_blessed, to_markdown, write_blessing
 
-    candidate = json.loads((paths.evaluation / "metrics.json").read_text())
-    champ = json.loads((paths.evaluation / "champion_metrics.json").read_text())
-    version = champ.pop("version", None)
-    blessing = decide(candidate, champ if version else None, params.gate, version)
+    metrics_file, champion_file = paths.evaluation / "metrics.json", paths.champion / "champion.json"
+    stages.require(paths, metrics_file, champion_file)
+    champion = json.loads(champion_file.read_text())
+    version = champion["version"]
+    blessing = decide(json.loads(metrics_file.read_text()), champion["metrics"] if version else None,
+                      params.gate, version)
+    decision = to_markdown(blessing)
     write_blessing(blessing, paths.gate / "blessing.json")
-    (paths.gate / "blessing.md").write_text(to_markdown(blessing))
+    write_text(paths.gate / "blessing.md", decision)
     _write_gate_plot(blessing, paths.gate)
     if not blessing["blessed"]:
-        raise GateFailed(to_markdown(blessing))
-    return {"blessed": True, "champion": version, "checks": len(blessing["checks"])}
+        raise not_blessed(blessing, paths.gate / "blessing.md")
+    return {"blessed": True, "champion": version, "checks": len(blessing["checks"]), "decision": decision}
 
 
 def _write_gate_plot(blessing: dict, out: Path) -> None:
-    """The gate table as a DVC-plottable CSV and a PNG (value vs bound per check)."""
+    """The gate table as a DVC-plottable CSV and a PNG (value vs bound per check); both written even
+    with no checks, as the DVC stage declares them."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    rows = pd.DataFrame(blessing["checks"])
-    if rows.empty:
-        return
+    rows = pd.DataFrame(blessing["checks"], columns=["kind", "metric", "rule", "value", "bound", "baseline", "passed"])
     rows["check"] = rows["kind"] + ":" + rows["metric"]
-    rows[["check", "value", "bound", "baseline", "passed"]].to_csv(out / "gate_checks.csv", index=False)
-    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(rows)))
+    with atomic_file(out / "gate_checks.csv") as tmp:
+        rows[["check", "value", "bound", "baseline", "passed"]].to_csv(tmp, index=False)
+    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * max(len(rows), 1)))
     y = range(len(rows))
-    ax.scatter(rows["value"], y, c=["tab:green" if p else "tab:red" for p in rows["passed"]], label="candidate", zorder=3)
+    colors = ["tab:green" if p else "tab:red" for p in rows["passed"]]
+    ax.scatter(rows["value"], y, c=colors, label="candidate", zorder=3)
     ax.scatter(rows["bound"], y, marker="|", s=300, c="black", label="bound")
-    ax.set_yticks(list(y), rows["check"] + " " + rows["rule"])
+    ax.set_yticks(list(y), list(rows["check"] + " " + rows["rule"]))
     ax.set_title("Gate: " + ("BLESSED" if blessing["blessed"] else "NOT BLESSED"))
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "gate.png", dpi=100)
+    with atomic_file(out / "gate.png") as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
 
 
@@ -233,6 +286,7 @@ def export(params: Params, paths: Paths) -> dict:
     from flows.gate import require_blessed
     from models.export import export_onnx
 
+    stages.require(paths, paths.gate / "blessing.json", _model_file(paths))
     require_blessed(paths.gate / "blessing.json")
     (test,) = _splits(paths, "test")
     onnx_path = export_onnx(paths.model, paths.bundle, test.head(512), params.export)
@@ -247,15 +301,18 @@ def promote(params: Params, paths: Paths) -> dict:
     from flows.params import REPO_ROOT
     from flows.registry import Registry, git_commit
 
-    blessing = require_blessed(paths.gate / "blessing.json")
-    bundle_meta = json.loads((paths.bundle / "bundle.json").read_text())
-    manifest = json.loads((paths.training_set / "manifest.json").read_text())
-    params_file = paths.root / "params.used.yaml"
-    params_file.write_text(_params_yaml(params))
-    release = {"model": bundle_meta["model"], "data_hash": manifest["data_hash"], "git_commit": git_commit(REPO_ROOT),
-               "onnx_sha256": bundle_meta["onnx_sha256"], "champion_before": blessing.get("champion_version")}
     records = {"metrics.json": paths.evaluation / "metrics.json", "blessing.json": paths.gate / "blessing.json",
-               "manifest.json": paths.training_set / "manifest.json", "params.yaml": params_file}
+               "manifest.json": paths.training_set / "manifest.json"}
+    stages.require(paths, records["blessing.json"], paths.bundle / "bundle.json", _model_file(paths),
+                   *records.values())
+    blessing = require_blessed(records["blessing.json"])
+    bundle_meta = json.loads((paths.bundle / "bundle.json").read_text())
+    manifest = json.loads(records["manifest.json"].read_text())
+    records["params.yaml"] = paths.root / "params.used.yaml"
+    write_text(records["params.yaml"], _params_yaml(params))
+    release = {"model": bundle_meta["model"], "data_hash": manifest["data_hash"], "git_commit": git_commit(REPO_ROOT),
+               "onnx_sha256": bundle_meta["onnx_sha256"], "model_sha256": _sha256(_model_file(paths)),
+               "champion_before": blessing.get("champion_version")}
     ptr = Registry(paths.registry).promote(paths.bundle, records, release, verify=_verify_bundle(paths))
     return {"champion": ptr["version"], "path": ptr["path"], "previous": ptr.get("previous")}
 
@@ -266,7 +323,7 @@ def _params_yaml(params: Params) -> str:
     return yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)
 
 
-def _verify_bundle(paths: Paths):
+def _verify_bundle(paths: Paths) -> Callable[[Path], None]:
     """A promotion check: the copied bundle loads (sha256 verified) and scores test rows to finite values."""
 
     def verify(version_dir: Path) -> None:
@@ -284,6 +341,7 @@ def _verify_bundle(paths: Paths):
 
 @timed
 def rollback(params: Params, paths: Paths, to: str | None = None) -> dict:
+    """Point the champion back at ``to`` (default: the version before the current one)."""
     from flows.registry import Registry
 
     ptr = Registry(paths.registry).rollback(to)
@@ -291,20 +349,38 @@ def rollback(params: Params, paths: Paths, to: str | None = None) -> dict:
 
 
 @timed
+def compare(params: Params, paths: Paths, models: list[str] | None = None, losses: list[str] | None = None,
+            epochs: int | None = None, out: Path | None = None) -> dict:
+    """Every model (with each applicable loss) trained on the current training set with the same seed:
+    per-task test metrics, oracle gaps, training time and samples/s, as compare.csv and compare.md."""
+    from models.compare import compare_models
+
+    train_cfg = params.train if epochs is None else params.train.model_copy(update={"epochs": epochs})
+    tr, va, te = _splits(paths, "train", "validation", "test")
+    table = compare_models(tr, va, te, params.task_graph, params.model, train_cfg,
+                           oracle_df=_oracle(paths, te["impression_id"]), models=models, losses=losses, progress=True)
+    out = out or paths.root / "compare"
+    with atomic_file(out / "compare.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    md = table.to_markdown(index=False, floatfmt=".4f")
+    write_text(out / "compare.md", md)
+    return {"table": md, "csv": str(out / "compare.csv"), "markdown": str(out / "compare.md")}
+
+
+@timed
 def predict(params: Params, paths: Paths, input_dir: Path, output: Path) -> dict:
     """Point-in-time features from Feast for the given impressions, scored by the champion (onnxruntime)."""
-    import os
-
     import pandas as pd
 
     from features.contract import ContractError
+    from features.store import FeastPaths
     from features.training_set import point_in_time_features
-    from flows.registry import Registry
+    from flows.registry import Registry, RegistryError
     from models.export import OnnxScorer
 
     champ = Registry(paths.registry).champion_dir()
     if champ is None:
-        raise RuntimeError(f"no champion in {paths.registry}: run the pipeline first")
+        raise RegistryError(f"no champion in {paths.registry}: run `funnelflow run` (or `dvc repro`) first")
     path = input_dir / "impressions.parquet" if (input_dir / "impressions.parquet").exists() else input_dir
     imps = pd.read_parquet(path)
     for col in ("impression_id", "user_id", "item_id", "event_timestamp"):
@@ -312,10 +388,8 @@ def predict(params: Params, paths: Paths, input_dir: Path, output: Path) -> dict
             raise ContractError(str(path), col, "required column is missing")
     # Labels are not needed to score; `<view>__<feature>` columns would clash with Feast's own.
     imps = imps.drop(columns=[c for c in imps.columns if c in params.task_graph.names or "__" in c])
-    feats = point_in_time_features(paths.root, imps, params.features)
+    feats = point_in_time_features(FeastPaths(paths.feast, paths.features), imps, params.features)
     preds = OnnxScorer(champ).predict(feats)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp")
-    preds.to_parquet(tmp, index=False)
-    os.replace(tmp, output)
+    with atomic_file(output) as tmp:
+        preds.to_parquet(tmp, index=False)
     return {"rows": len(preds), "champion": champ.name, "output": str(output), "columns": list(preds.columns)}

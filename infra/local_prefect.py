@@ -1,11 +1,15 @@
-"""Start a local Prefect server and process worker, deploy infra/prefect.yaml, trigger, stop by PID.
+"""Start a local Prefect server and process worker, deploy infra/prefect.yaml, trigger, stop.
 
-    python -m infra.local_prefect start [--port 4200]   # server + work pool + worker, PIDs in infra/.run/
+    python -m infra.local_prefect start [--port 4200]   # server + work pool + worker
     python -m infra.local_prefect deploy                 # the deployments of infra/prefect.yaml
     python -m infra.local_prefect trigger [--param k=v]  # run daily-retrain now and wait for its end
     python -m infra.local_prefect stop                   # stop only what `start` started
 
-State (PREFECT_HOME, PID files, logs) lives in infra/.run/ unless FUNNELFLOW_PREFECT_RUN_DIR is set.
+The server is Prefect's own background server (``prefect server start --background``, ``prefect server
+status --wait``, ``prefect server stop``; its PID file is in PREFECT_HOME). Prefect has no command that
+stops a worker, so the worker is started in its own process group and stopped by its PID. State
+(PREFECT_HOME, the port and worker PID, the worker's log) lives in infra/.run/ unless
+FUNNELFLOW_PREFECT_RUN_DIR is set.
 """
 from __future__ import annotations
 
@@ -17,8 +21,8 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
+from typing import cast
 
 REPO = Path(__file__).resolve().parents[1]
 POOL = "funnelflow-process"
@@ -26,12 +30,14 @@ DEPLOYMENT = "funnelflow-retrain/daily-retrain"
 
 
 def run_dir() -> Path:
+    """Where the local server's and worker's state lives."""
     d = Path(os.environ.get("FUNNELFLOW_PREFECT_RUN_DIR", REPO / "infra" / ".run"))
     d.mkdir(parents=True, exist_ok=True)
     return d
 
 
 def free_port() -> int:
+    """A loopback port nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -42,7 +48,12 @@ def _state() -> dict:
     return json.loads(f.read_text()) if f.exists() else {}
 
 
+def _save(state: dict) -> None:
+    (run_dir() / "state.json").write_text(json.dumps(state))
+
+
 def env(port: int | None = None) -> dict[str, str]:
+    """The environment of every Prefect command against the local server (default: the started one's port)."""
     port = port or _state()["port"]
     e = dict(os.environ)
     e.update({
@@ -51,6 +62,7 @@ def env(port: int | None = None) -> dict[str, str]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "PREFECT_LOGGING_LEVEL": "WARNING",
+        "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
         "FUNNELFLOW_REPO": str(REPO),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{e.get('PATH', '')}",
     })
@@ -62,52 +74,44 @@ def _prefect(*args: str, check: bool = True, timeout: float = 300) -> subprocess
                           capture_output=True, check=check, timeout=timeout)
 
 
-def _spawn(name: str, args: list[str], e: dict) -> int:
-    log = open(run_dir() / f"{name}.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "prefect", *args], env=e, cwd=REPO, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    return proc.pid
+def _server_pid() -> int | None:
+    """The background server's PID, from the file ``prefect server start --background`` writes."""
+    f = run_dir() / "prefect_home" / "server.pid"
+    return int(f.read_text()) if f.exists() else None
 
 
-def _wait_healthy(port: int, timeout: float) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(1)
-    raise TimeoutError(f"Prefect server on port {port} not healthy after {timeout}s; see {run_dir() / 'server.log'}")
-
-
-def start(port: int | None = None, timeout: float = 120) -> dict:
-    if _state().get("server_pid"):
+def start(port: int | None = None, timeout: int = 120) -> dict:
+    """Start Prefect's background server, create the process work pool, start a worker on it."""
+    if _state():
         raise RuntimeError(f"already started ({run_dir() / 'state.json'}); run stop first")
-    port = port or free_port()
-    e = env(port)
-    state = {"port": port, "server_pid": _spawn("server", ["server", "start", "--host", "127.0.0.1",
-                                                            "--port", str(port)], e)}
-    (run_dir() / "state.json").write_text(json.dumps(state))
-    _wait_healthy(port, timeout)
-    pools = _prefect("work-pool", "ls", check=False).stdout
-    if POOL not in pools:
+    state: dict = {"port": port or free_port()}
+    _save(state)
+    _prefect("server", "start", "--background", "--host", "127.0.0.1", "--port", str(state["port"]))
+    state["server_pid"] = _server_pid()
+    _save(state)
+    _prefect("server", "status", "--wait", "--timeout", str(timeout), timeout=timeout + 30)
+    if POOL not in _prefect("work-pool", "ls", check=False).stdout:
         _prefect("work-pool", "create", POOL, "--type", "process")
-    state["worker_pid"] = _spawn("worker", ["worker", "start", "--pool", POOL], e)
-    (run_dir() / "state.json").write_text(json.dumps(state))
+    with open(run_dir() / "worker.log", "w") as log:
+        worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL], env=env(),
+                                  cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    state["worker_pid"] = worker.pid
+    _save(state)
     return state
 
 
 def deploy() -> str:
+    """Register the deployments of infra/prefect.yaml on the local server."""
     return _prefect("--no-prompt", "deploy", "--prefect-file", str(REPO / "infra" / "prefect.yaml"), "--all").stdout
 
 
 def trigger(parameters: dict | None = None, timeout: float = 900) -> dict:
     """Run the deployment now (what the cron schedule does daily) and wait for a final state."""
     os.environ.update({k: v for k, v in env().items() if k.startswith("PREFECT_")})
+    from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
 
-    run = run_deployment(DEPLOYMENT, parameters=parameters or {}, timeout=timeout)
+    run = cast(FlowRun, run_deployment(DEPLOYMENT, parameters=parameters or {}, timeout=timeout))  # sync here
     return {"id": str(run.id), "state": run.state.type.value if run.state else None,
             "message": run.state.message if run.state else None}
 
@@ -125,31 +129,39 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _stop_pid(pid: int, first: signal.Signals, grace: float) -> None:
-    """Signal the process group we started (start_new_session), then SIGKILL after ``grace``."""
-    try:
-        os.killpg(pid, first)
-    except ProcessLookupError:
-        return
+def _wait_gone(pid: int, grace: float) -> bool:
     deadline = time.time() + grace
     while time.time() < deadline and _alive(pid):
         time.sleep(0.2)
-    if _alive(pid):
+    return not _alive(pid)
+
+
+def _stop_worker(pid: int) -> None:
+    """A worker ignores SIGTERM: SIGINT to the process group it leads, SIGKILL after 10 s."""
+    try:
+        os.killpg(pid, signal.SIGINT)
+    except ProcessLookupError:
+        return
+    if not _wait_gone(pid, 10):
         os.killpg(pid, signal.SIGKILL)
 
 
-def stop() -> dict:
+def stop(grace: float = 30) -> dict:
+    """Stop the worker (by PID) and the server (``prefect server stop``), and wait until both are gone."""
     state = _state()
-    # A worker ignores SIGTERM: SIGINT, then SIGKILL. The server stops on SIGTERM.
     if state.get("worker_pid"):
-        _stop_pid(state["worker_pid"], signal.SIGINT, 10)
-    if state.get("server_pid"):
-        _stop_pid(state["server_pid"], signal.SIGTERM, 15)
+        _stop_worker(state["worker_pid"])
+    if state.get("port"):
+        _prefect("server", "stop", check=False)
     (run_dir() / "state.json").unlink(missing_ok=True)
+    if state.get("server_pid") and not _wait_gone(state["server_pid"], grace):
+        raise TimeoutError(f"the Prefect server (pid {state['server_pid']}) still runs {grace:g}s after "
+                           "`prefect server stop`")
     return state
 
 
 def main() -> None:
+    """The command line: start, deploy, trigger or stop."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", choices=["start", "deploy", "trigger", "stop"])
     ap.add_argument("--port", type=int)

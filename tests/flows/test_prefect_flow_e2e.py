@@ -40,6 +40,13 @@ def test_flow_runs_the_whole_loop_with_artifacts_and_caching(tmp_path, small_par
         keys = anyio.run(artifact_keys)
         assert {"validation-summary", "test-metrics", "gate-decision"} <= keys
 
+        # The steps' own log lines (the `funnelflow` logger: steps, epochs) are in the run's logs.
+        async def log_messages():
+            async with get_client() as client:
+                return [log.message for log in await client.read_logs()]
+
+        assert any("step train: start" in m for m in anyio.run(log_messages))
+
         # Second run on unchanged data and params: the data steps come from the cache (no rewrite),
         # training is skipped, and the retrained-equal candidate is blessed again.
         ts_mtime = (data / "training_set" / "train.parquet").stat().st_mtime_ns

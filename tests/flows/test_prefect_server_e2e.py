@@ -1,5 +1,6 @@
 """Schedules for real: a Prefect server on a free loopback port, a process worker, the deployment of
-infra/prefect.yaml, a triggered run to completion, a blessed champion; everything stopped by PID."""
+infra/prefect.yaml, a triggered run to completion, a blessed champion; the server started and stopped
+with Prefect's own commands, the worker by PID; nothing left running."""
 import json
 import os
 import subprocess
@@ -17,7 +18,7 @@ def test_deploy_trigger_and_stop(tmp_path, fast_params, monkeypatch):
     monkeypatch.setenv("FUNNELFLOW_PREFECT_RUN_DIR", str(tmp_path / "run"))
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(fast_params.model_dump(mode="json"), sort_keys=False))
-    state = lp.start(port=lp.free_port())
+    lp.start(port=lp.free_port())
     try:
         out = lp.deploy()
         assert "daily-retrain" in out
@@ -25,9 +26,9 @@ def test_deploy_trigger_and_stop(tmp_path, fast_params, monkeypatch):
         assert "'daily-retrain'" in inspected and "funnelflow-process" in inspected
         assert "0 3 * * *" in inspected  # the daily cron schedule
         # Trigger from a separate process (as a user would), so this process's Prefect settings stay put.
-        res = subprocess.run([sys.executable, "-m", "infra.local_prefect", "trigger", "--param", f"params_path={params}",
-                              "--param", f"data_dir={tmp_path / 'data'}"], env=lp.env(), cwd=lp.REPO,
-                             capture_output=True, text=True, timeout=900)
+        res = subprocess.run([sys.executable, "-m", "infra.local_prefect", "trigger",
+                              "--param", f"params_path={params}", "--param", f"data_dir={tmp_path / 'data'}"],
+                             env=lp.env(), cwd=lp.REPO, capture_output=True, text=True, timeout=900)
         assert res.returncode == 0, res.stdout + res.stderr[-3000:]
         assert json.loads(res.stdout.strip().splitlines()[-1])["state"] == "COMPLETED"
         pointer = json.loads((tmp_path / "data" / "registry" / "champion.json").read_text())

@@ -1,6 +1,8 @@
-"""The model half of the loop on real components: train -> evaluate -> gate -> export (onnxruntime
-parity) -> promote; the gate keeps the champion against a worse model; crashes leave it serving."""
+"""The model half of the loop on real components: train -> evaluate -> score champion -> gate -> export
+(onnxruntime parity) -> promote; the gate keeps the champion against a worse model; crashes leave it serving."""
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,6 +18,7 @@ pytestmark = pytest.mark.e2e
 def _cycle(params, paths):
     steps.train(params, paths, progress=False)
     steps.evaluate(params, paths)
+    steps.score_champion(params, paths)
     steps.gate(params, paths)
     steps.export(params, paths)
     return steps.promote(params, paths)
@@ -44,7 +47,8 @@ def test_full_cycle_then_gate_blocks_worse_and_passes_better(fresh_data, fast_pa
     worse = _worse(fast_params)
     steps.train(worse, paths, progress=False)
     steps.evaluate(worse, paths)
-    champ_metrics = json.loads((paths.evaluation / "champion_metrics.json").read_text())
+    steps.score_champion(worse, paths)
+    champ_metrics = json.loads((paths.champion / "champion.json").read_text())
     assert champ_metrics["version"] == "v0001"
     with pytest.raises(GateFailed, match="NOT BLESSED"):
         steps.gate(worse, paths)
@@ -68,13 +72,17 @@ def test_crash_between_export_and_promotion_leaves_old_champion_serving(fresh_da
     pointer = (paths.registry / "champion.json").read_text()
     steps.train(fast_params, paths, progress=False)
     steps.evaluate(fast_params, paths)
+    steps.score_champion(fast_params, paths)
     steps.gate(fast_params, paths)
     steps.export(fast_params, paths)
+    replace = os.replace
 
-    def crash(*a, **k):
-        raise OSError("disk full (injected)")
+    def crash(src, dst):  # any rename inside the registry's versions: the staging of the new version
+        if "versions" in Path(dst).parts:
+            raise OSError("disk full (injected)")
+        replace(src, dst)
 
-    monkeypatch.setattr("flows.registry.os.replace", crash)
+    monkeypatch.setattr("models.atomic.os.replace", crash)
     with pytest.raises(OSError, match="injected"):
         steps.promote(fast_params, paths)
     monkeypatch.undo()
@@ -109,4 +117,5 @@ def test_predict_writes_the_contract_layout(fresh_data, fast_params, tmp_path, s
     from models.export import OnnxScorer
 
     direct = OnnxScorer(Registry(paths.registry).champion_dir()).predict(test).set_index("impression_id")
-    np.testing.assert_allclose(preds.set_index("impression_id").loc[direct.index, "p_click"], direct["p_click"], atol=1e-6)
+    np.testing.assert_allclose(preds.set_index("impression_id").loc[direct.index, "p_click"], direct["p_click"],
+                               atol=1e-6)
