@@ -122,12 +122,6 @@ def _step_logs_to_run() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _validation_markdown(summary: dict) -> str:
-    met = summary["evaluated"] - summary["failed"]
-    return (f"## Training-set validation {'PASSED' if summary['success'] else 'FAILED'}: "
-            f"{met}/{summary['evaluated']} expectations met\n\nData Docs: {summary['docs']}")
-
-
 def _publish_metrics(candidate: dict[str, float], champion: dict) -> None:
     base = champion["metrics"]
     rows = [{"metric": k, "candidate": round(v, 6), "champion": None if base.get(k) is None else round(base[k], 6)}
@@ -159,7 +153,7 @@ def _retrain(params: Params, paths: Paths, source: str | None) -> dict:
     except ValidationFailed as exc:
         create_markdown_artifact(str(exc), key="validation-summary", description="Great Expectations")
         raise
-    create_markdown_artifact(_validation_markdown(out["validate"]), key="validation-summary",
+    create_markdown_artifact(out["validate"]["markdown"], key="validation-summary",
                              description="Great Expectations")
     out["train"] = _call("train", params, paths, progress=False)
     out["evaluate"] = _call("evaluate", params, paths)

@@ -7,7 +7,6 @@ that writes it (flows/stages.py reads that from dvc.yaml).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -129,7 +128,8 @@ def validate(params: Params, paths: Paths, raise_on_failure: bool = True) -> dic
     report = validate_training_set(paths.training_set, paths.validation, params.task_graph, params.validation,
                                    raise_on_failure=raise_on_failure)
     return {"success": report.success, "evaluated": report.evaluated, "failed": len(report.failed),
-            "summary": str(paths.validation / "summary.md"), "docs": report.docs_index}
+            "summary": str(paths.validation / "summary.md"), "docs": report.docs_index,
+            "markdown": report.to_markdown()}
 
 
 def _splits(paths: Paths, *names: str) -> list[pd.DataFrame]:
@@ -193,11 +193,12 @@ def score_champion(params: Params, paths: Paths) -> dict:
     against, so a rerun after its promotion decides the same (and a no-op ``dvc repro`` stops here).
     """
     from flows.registry import Registry
+    from models.export import sha256_file
 
     model = _model_file(paths)
     stages.require(paths, model)
     registry = Registry(paths.registry)
-    version = _champion_to_beat(registry, _sha256(model))
+    version = _champion_to_beat(registry, sha256_file(model))
     metrics = {} if version is None else _score(registry.versions / version, paths, params)
     record = {"version": version, "metrics": metrics}
     write_json(paths.champion / "champion.json", record)
@@ -210,11 +211,6 @@ def _champion_to_beat(registry: Registry, model_sha256: str) -> str | None:
         return None
     release = registry.release(ptr["version"])
     return release.get("champion_before") if release.get("model_sha256") == model_sha256 else ptr["version"]
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _score(version_dir: Path, paths: Paths, params: Params) -> dict:
@@ -300,6 +296,7 @@ def promote(params: Params, paths: Paths) -> dict:
     from flows.gate import require_blessed
     from flows.params import REPO_ROOT
     from flows.registry import Registry, git_commit
+    from models.export import sha256_file
 
     records = {"metrics.json": paths.evaluation / "metrics.json", "blessing.json": paths.gate / "blessing.json",
                "manifest.json": paths.training_set / "manifest.json"}
@@ -311,7 +308,7 @@ def promote(params: Params, paths: Paths) -> dict:
     records["params.yaml"] = paths.root / "params.used.yaml"
     write_text(records["params.yaml"], _params_yaml(params))
     release = {"model": bundle_meta["model"], "data_hash": manifest["data_hash"], "git_commit": git_commit(REPO_ROOT),
-               "onnx_sha256": bundle_meta["onnx_sha256"], "model_sha256": _sha256(_model_file(paths)),
+               "onnx_sha256": bundle_meta["onnx_sha256"], "model_sha256": sha256_file(_model_file(paths)),
                "champion_before": blessing.get("champion_version")}
     ptr = Registry(paths.registry).promote(paths.bundle, records, release, verify=_verify_bundle(paths))
     return {"champion": ptr["version"], "path": ptr["path"], "previous": ptr.get("previous")}

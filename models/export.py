@@ -75,7 +75,8 @@ def _export(module: nn.Module, args: tuple[Tensor, Tensor], path: Path, names: l
         quiet.setLevel(level)
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes (bundle checksums, release records)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -122,7 +123,7 @@ def export_onnx(model_dir: str | Path, bundle_dir: str | Path, sample_df: pd.Dat
         meta = {"format_version": FORMAT_VERSION, "model": m.model_cfg.name, "tasks": m.tasks.model_dump(),
                 "feature_columns": m.preprocessor.columns.model_dump(), "inputs": INPUT_NAMES, "outputs": names,
                 "opset": cfg.opset, "exporter": exporter, "fallback_reason": reason, "parity_max_diff": err,
-                "onnx_sha256": _sha256(tmp / ONNX_FILE)}
+                "onnx_sha256": sha256_file(tmp / ONNX_FILE)}
         (tmp / BUNDLE_FILE).write_text(json.dumps(meta, indent=2))  # inside the temp folder: swapped in whole
     return Path(bundle_dir) / ONNX_FILE
 
@@ -135,7 +136,7 @@ class OnnxScorer:
         self.meta = json.loads((bundle_dir / BUNDLE_FILE).read_text())
         if self.meta["format_version"] != FORMAT_VERSION:
             raise ValueError(f"unsupported bundle format {self.meta['format_version']}")
-        if verify_sha and _sha256(bundle_dir / ONNX_FILE) != self.meta["onnx_sha256"]:
+        if verify_sha and sha256_file(bundle_dir / ONNX_FILE) != self.meta["onnx_sha256"]:
             raise ValueError("model.onnx does not match bundle.json's sha256")
         self.tasks = TaskGraph(**self.meta["tasks"])
         self.preprocessor = Preprocessor.load(bundle_dir / PREPROCESS_FILE)
