@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from features.contract import MissingInput
+from features.contract import require_input
 from flows.params import REPO_ROOT, Paths
 
 DATA_PREFIX = "data/"
@@ -61,9 +61,9 @@ def producer(path: Path, paths: Paths) -> str | None:
 
 
 def require(paths: Paths, *files: Path) -> None:
-    """Raise ``MissingInput`` for the first of ``files`` that does not exist, naming the command that
-    writes it (a step run out of order)."""
+    """``require_input`` on each of ``files``, naming the command of the stage that writes it (a step
+    run out of order raises ``MissingInput``)."""
     for f in files:
         if not f.exists():
             stage = producer(f, paths)
-            raise MissingInput(f, command(stage) if stage else "run")
+            require_input(f, command(stage) if stage else "run")

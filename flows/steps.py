@@ -164,7 +164,9 @@ def _oracle(paths: Paths, ids: pd.Series) -> pd.DataFrame | None:
 
 
 def _model_file(paths: Paths) -> Path:
-    return paths.model / "model.pt"
+    from models.train import MODEL_FILE
+
+    return paths.model / MODEL_FILE
 
 
 @timed
