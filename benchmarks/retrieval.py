@@ -30,11 +30,12 @@ from benchmarks.proc import watched
 PREPARE = ["generate", "ingest", "features build", "features apply"]
 STORES = {"asof": "features.asof_offline_store.AsofDuckDBOfflineStore", "duckdb": "duckdb", "file": "file"}
 RETRIEVE = """
-import sys, pandas as pd
+import sys
 from pathlib import Path
 from features import store
+from features.contract import read_raw
 data_dir, kind = Path(sys.argv[1]), sys.argv[2]
-imps = pd.read_parquet(data_dir / "raw" / "impressions.parquet")
+imps = read_raw(data_dir / "raw", "impressions")
 fs = store.open_store(store.FeastPaths(data_dir / "feast", data_dir / "features"), kind)
 job = fs.get_historical_features(entity_df=imps, features=fs.get_feature_service("funnel_model_v1"),
                                  full_feature_names=True)

@@ -1,13 +1,14 @@
 """Adapters: public multi-task datasets -> the funnel dataset contract (docs/funnel-dataset.md).
 
-``convert(fmt, source, raw_dir, tasks)`` streams the source CSV file(s) in chunks
+``convert(fmt, source, raw_dir, tasks, quarantine_dir=...)`` streams the source CSV file(s) in chunks
 (``pandas.read_csv(chunksize=...)``), checks every chunk with ``features.contract.check_dataset``
-(plus the adapter's own layout checks, which name the *source CSV*), appends it to Parquet files with a
-``pyarrow.parquet.ParquetWriter`` in a temporary sibling folder, and swaps the folder in only when
-the whole source converted (``models.atomic.atomic_dir``, as ``contract.write_dataset``, whose
-all-in-memory frames would not bound memory on the multi-GB originals). A failure leaves the previous
-raw snapshot untouched. Peak memory = one chunk + the per-entity snapshot state (one 8-byte hash per
-user/item key; none for census, whose user key is the row itself).
+(plus the adapter's own layout checks, which name the *source CSV*), appends it to day-partitioned
+Parquet files (``dt=YYYY-MM-DD/``, one ``pyarrow.parquet.ParquetWriter`` per day and table) in a
+staging folder beside the raw store, then adds those days to the raw store through
+``features.contract.ingest`` (partition-wise: one day at a time, unchanged days kept, bad days
+quarantined). A source that fails to convert leaves the raw store untouched. Peak memory = one chunk
++ the per-entity snapshot state (one 8-byte hash per user/item key; none for census, whose user key is
+the row itself), then one day at a time while ingesting.
 
 Layouts and registry ``ADAPTERS`` (``default_tasks(fmt)`` gives each one's task graph):
 
@@ -67,7 +68,8 @@ the source CSV, with a few offending rows (line numbers in the index where known
 from __future__ import annotations
 
 import hashlib
-import json
+import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -78,8 +80,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from features.contract import ContractError, FunnelDataset, check_dataset
-from models.atomic import atomic_dir
+from features.contract import DAY_PREFIX, ContractError, FunnelDataset, check_dataset, ingest, split_days
 from models.tasks import TaskGraph, TaskSpec
 
 EPOCH = pd.Timestamp("2020-01-01T00:00:00Z")
@@ -450,8 +451,36 @@ def _renamed(err: ContractError, file: str) -> ContractError:
     return new
 
 
+class _DayWriters:
+    """One ``_Writer`` per (day, table) under a staging folder in the partitioned layout."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.writers: dict[tuple[str, str], _Writer] = {}
+
+    def write(self, ds: FunnelDataset) -> None:
+        for day, part in split_days(ds).items():
+            for name, df in part.tables().items():
+                if name == "impressions" or len(df):
+                    if (day, name) not in self.writers:
+                        (self.root / f"{DAY_PREFIX}{day}").mkdir(parents=True, exist_ok=True)
+                        self.writers[day, name] = _Writer(self.root / f"{DAY_PREFIX}{day}" / f"{name}.parquet")
+                    self.writers[day, name].write(df)
+
+    def tables(self) -> dict[str, dict]:
+        """Rows and columns of each table over all days."""
+        out: dict[str, dict] = {}
+        for (_, name), w in sorted(self.writers.items()):
+            out.setdefault(name, {"rows": 0, "columns": w.columns})["rows"] += w.rows
+        return out
+
+    def close(self) -> None:
+        for w in self.writers.values():
+            w.close()
+
+
 def _stream(adapter: Adapter, files: list[Path], tasks: TaskGraph, chunk_rows: int,
-            writers: dict[str, _Writer]) -> dict[str, int]:
+            writers: _DayWriters) -> dict[str, int]:
     """Convert, check and append every chunk of ``files``; returns the data rows per source file."""
     user_snap, item_snap = _Snapshots(), _Snapshots()
     rows_per_file: dict[str, int] = {}
@@ -468,36 +497,38 @@ def _stream(adapter: Adapter, files: list[Path], tasks: TaskGraph, chunk_rows: i
             except ContractError as err:  # name the source CSV, not the would-be Parquet table
                 table = Path(err.file).stem
                 raise _renamed(err, f"{path} (as {table})") from err
-            for name, df in ds.tables().items():
-                writers[name].write(df)
+            writers.write(ds)
             next_id += len(chunk)
             rows_per_file[str(path)] += len(chunk)
     return rows_per_file
 
 
 def convert(fmt: str, source: Path, raw_dir: Path, tasks: TaskGraph | None = None,
-            chunk_rows: int = DEFAULT_CHUNK_ROWS) -> dict:
-    """Stream ``source`` (file or folder) of layout ``fmt`` into the raw snapshot ``raw_dir``.
+            chunk_rows: int = DEFAULT_CHUNK_ROWS, *, quarantine_dir: Path, new_lineage: str | None = None) -> dict:
+    """Stream ``source`` (file or folder) of layout ``fmt`` into day partitions of the raw store ``raw_dir``.
 
     ``tasks`` is the pipeline's task graph (default: ``default_tasks(fmt)``); every chunk is checked
-    against it with ``check_dataset``. All or nothing: the snapshot is swapped in only when complete.
+    against it with ``check_dataset``. The converted days go through ``features.contract.ingest``
+    (``quarantine_dir`` and ``new_lineage`` as there); a source that fails to convert stores nothing.
     """
     adapter = _adapter(fmt)
     files = source_files(Path(source), adapter.suffixes)
     t0 = time.perf_counter()
-    with atomic_dir(raw_dir) as tmp:
-        writers = {name: _Writer(tmp / f"{name}.parquet") for name in ("impressions", "users", "items")}
+    # Named like models.atomic's temps (.<name>.tmp-<pid>): clean_stale removes it if this run dies.
+    staging = Path(raw_dir).parent / f".{Path(raw_dir).name}-convert.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    writers = _DayWriters(staging)
+    try:
         try:
             rows_per_file = _stream(adapter, files, tasks or adapter.tasks, chunk_rows, writers)
         finally:
-            for w in writers.values():
-                w.close()
+            writers.close()
         rows = sum(rows_per_file.values())
         if rows == 0:
             raise ContractError(str(source), "-", "source has no data rows")
         seconds = time.perf_counter() - t0
         summary = {
-            "tables": {name: {"rows": w.rows, "columns": w.columns} for name, w in writers.items()},
+            "tables": writers.tables(),
             "time_range": [EPOCH.isoformat(), (EPOCH + adapter.step * (rows - 1)).isoformat()],
             "source": str(source), "format": fmt, "files": rows_per_file,
             "synthesised": {"event_timestamp": f"{EPOCH.isoformat()} + impression_id * {adapter.step}",
@@ -505,5 +536,8 @@ def convert(fmt: str, source: Path, raw_dir: Path, tasks: TaskGraph | None = Non
                                                  "carrying them"},
             "convert_seconds": round(seconds, 3), "rows_per_sec": round(rows / max(seconds, 1e-9)),
         }
-        (tmp / "snapshot.json").write_text(json.dumps(summary, indent=2))
+        summary["ingest"] = ingest(staging, raw_dir, tasks or adapter.tasks, quarantine_dir, new_lineage,
+                                   label=str(source))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return summary

@@ -1,25 +1,45 @@
-"""The funnel dataset contract: load a user's dataset, check every rule, store it as the raw snapshot.
+"""The funnel dataset contract: load a user's dataset, check every rule, store it as day partitions.
 
-The layout is documented in docs/funnel-dataset.md (the public interface). Any rule broken stops ingestion with a
-``ContractError`` that names the file, the column, the rule and a few offending rows; the raw snapshot
-is written to a temporary folder and swapped in only once complete, so nothing partial is left behind.
+The layout is documented in docs/funnel-dataset.md (the public interface). A source is a flat dataset
+(``impressions/users/items.parquet``, split into days by impression date on ingest) or day partitions
+``dt=YYYY-MM-DD/{impressions,users,items}.parquet``. Any rule broken names the file, the column, the
+rule and a few offending rows (``ContractError``).
+
+The raw store (``data/raw``) holds one folder per day plus ``partitions.json`` (lineage, each day's
+content hash and source, the quarantined days). ``ingest`` is partition-wise: an unchanged day is not
+rewritten, a changed day replaces that day only, and a day that breaks the contract goes to the
+quarantine folder with its reason while the stored day (the last good state) keeps serving.
 
 ``MissingInput`` is the error of every loader in ``features/`` whose input an earlier step writes.
 """
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass
+import logging
+import re
+import shutil
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from models.atomic import atomic_dir
+from models.atomic import atomic_dir, write_json, write_text
 from models.tasks import TaskGraph
 
 TABLES = {"impressions": "impression_id", "users": "user_id", "items": "item_id"}
+PROFILES = ("users", "items")  # tables a day partition may leave out (no profile changes that day)
 MAX_SHOWN_ROWS = 5
+PARTITIONS = "partitions.json"
+DAY_PREFIX = "dt="
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+log = logging.getLogger("funnelflow")
 
 
 class ContractError(ValueError):
@@ -37,6 +57,18 @@ class ContractError(ValueError):
     def __reduce__(self) -> tuple[type, tuple]:
         # Prefect may persist a failed task's exception: rebuild it from the constructor's arguments.
         return (type(self), self._args)
+
+
+class PartitionsQuarantined(ValueError):
+    """Some day partitions broke the contract and were quarantined (the good days were stored)."""
+
+    def __init__(self, reasons: dict[str, str], quarantine_dir: Path | str):
+        self.reasons, self.quarantine_dir = dict(reasons), Path(quarantine_dir)
+        super().__init__("\n".join(f"day {day} quarantined in {self.quarantine_dir / (DAY_PREFIX + day)}: {why}"
+                                   for day, why in sorted(self.reasons.items())))
+
+    def __reduce__(self) -> tuple[type, tuple]:
+        return (type(self), (self.reasons, self.quarantine_dir))
 
 
 class MissingInput(FileNotFoundError):
@@ -58,11 +90,6 @@ def require_input(path: Path | str, command: str) -> Path:
     return path
 
 
-def raw_table(raw_dir: Path | str, name: str) -> Path:
-    """The Parquet file of table ``name`` (impressions, users, items) in the raw snapshot ``raw_dir``."""
-    return require_input(Path(raw_dir) / f"{name}.parquet", "ingest")
-
-
 @dataclass
 class FunnelDataset:
     """The three tables of a dataset in the contract layout."""
@@ -82,19 +109,19 @@ def _table_path(root: Path, name: str) -> Path:
     raise ContractError(str(root / f"{name}.parquet"), "-", "file (or folder of Parquet parts) is missing")
 
 
+def _read_table(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises many types for corrupt files
+        raise ContractError(str(path), "-", f"not a readable Parquet file or folder ({exc})") from exc
+
+
 def read_dataset(root: Path | str) -> FunnelDataset:
-    """Read the three tables of a dataset folder (each a Parquet file or a folder of parts)."""
+    """Read the three tables of a flat dataset folder (each a Parquet file or a folder of parts)."""
     root = Path(root)
     if not root.is_dir():
         raise ContractError(str(root), "-", "dataset folder does not exist")
-    frames = {}
-    for name in TABLES:
-        path = _table_path(root, name)
-        try:
-            frames[name] = pd.read_parquet(path)
-        except Exception as exc:  # pyarrow raises many types for corrupt files
-            raise ContractError(str(path), "-", f"not a readable Parquet file or folder ({exc})") from exc
-    return FunnelDataset(**frames)
+    return FunnelDataset(**{name: _read_table(_table_path(root, name)) for name in TABLES})
 
 
 def _fail_if(mask: np.ndarray | pd.Series, df: pd.DataFrame, file: str, column: str, rule: str,
@@ -163,49 +190,350 @@ def _check_labels(df: pd.DataFrame, file: str, tasks: TaskGraph) -> pd.DataFrame
     return df
 
 
+def check_table(name: str, df: pd.DataFrame, tasks: TaskGraph, file: str) -> pd.DataFrame:
+    """Every contract rule of one table; returns it with dtypes normalised (int64 ids, int8 labels...)."""
+    key = TABLES[name]
+    keys = {key} | ({"user_id", "item_id"} if name == "impressions" else set())
+    for k in sorted(keys - {key}):
+        if k not in df.columns:
+            raise ContractError(file, k, "required column is missing")
+        if not pd.api.types.is_integer_dtype(df[k]):
+            raise ContractError(file, k, f"must be int64, found {df[k].dtype}")
+        _fail_if(df[k].isna(), df, file, k, "must not be null", [key, k])
+    _check_key_and_time(df, file, key)
+    if name == "impressions":
+        dup = df[key].duplicated(keep=False)
+        _fail_if(dup, df, file, key, "impression_id must be unique", [key, "event_timestamp"])
+        df = _check_labels(df, file, tasks)
+    else:
+        dup = df.duplicated([key, "event_timestamp"], keep=False)
+        _fail_if(dup, df, file, key, "one row per (key, event_timestamp)", [key, "event_timestamp"])
+    reserved = keys | {"event_timestamp"} | (set(tasks.names) if name == "impressions" else set())
+    df = _check_feature_columns(df, file, reserved)
+    df = df.astype({k: np.int64 for k in keys}).astype({"event_timestamp": "datetime64[us, UTC]"})
+    return df.reset_index(drop=True)
+
+
 def check_dataset(ds: FunnelDataset, tasks: TaskGraph, source: str = "") -> FunnelDataset:
     """Every contract rule; returns the dataset with dtypes normalised (int64 ids, int8 labels...)."""
-    checked = {}
-    labels = set(tasks.names)
-    for name, key in TABLES.items():
-        df, file = ds.tables()[name], f"{source}/{name}.parquet" if source else f"{name}.parquet"
-        keys = {key} | ({"user_id", "item_id"} if name == "impressions" else set())
-        for k in sorted(keys - {key}):
-            if k not in df.columns:
-                raise ContractError(file, k, "required column is missing")
-            if not pd.api.types.is_integer_dtype(df[k]):
-                raise ContractError(file, k, f"must be int64, found {df[k].dtype}")
-            _fail_if(df[k].isna(), df, file, k, "must not be null", [key, k])
-        _check_key_and_time(df, file, key)
-        if name == "impressions":
-            dup = df[key].duplicated(keep=False)
-            _fail_if(dup, df, file, key, "impression_id must be unique", [key, "event_timestamp"])
-            df = _check_labels(df, file, tasks)
-        else:
-            dup = df.duplicated([key, "event_timestamp"], keep=False)
-            _fail_if(dup, df, file, key, "one row per (key, event_timestamp)", [key, "event_timestamp"])
-        reserved = keys | {"event_timestamp"} | (labels if name == "impressions" else set())
-        df = _check_feature_columns(df, file, reserved)
-        df = df.astype({k: np.int64 for k in keys}).astype({"event_timestamp": "datetime64[us, UTC]"})
-        checked[name] = df.reset_index(drop=True)
-    return FunnelDataset(**checked)
+    return FunnelDataset(**{name: check_table(name, df, tasks, f"{source}/{name}.parquet" if source else
+                                              f"{name}.parquet") for name, df in ds.tables().items()})
+
+
+def _write_parquet(df: pd.DataFrame, path: Path) -> None:
+    df.to_parquet(path, index=False, coerce_timestamps="us", allow_truncated_timestamps=False)
 
 
 def write_dataset(ds: FunnelDataset, out_dir: Path | str, extra: dict | None = None) -> dict:
-    """Write atomically: build in a sibling temp folder, then swap it in (old snapshot removed last)."""
+    """Write a flat dataset atomically: build in a sibling temp folder, then swap it in."""
     summary: dict = {"tables": {}, **(extra or {})}
     with atomic_dir(out_dir) as tmp:
         for name, df in ds.tables().items():
-            df.to_parquet(tmp / f"{name}.parquet", index=False, coerce_timestamps="us",
-                          allow_truncated_timestamps=False)
+            _write_parquet(df, tmp / f"{name}.parquet")
             summary["tables"][name] = {"rows": len(df), "columns": list(map(str, df.columns))}
         ts = ds.impressions["event_timestamp"]
         summary["time_range"] = [ts.min().isoformat(), ts.max().isoformat()]
-        (tmp / "snapshot.json").write_text(json.dumps(summary, indent=2))
+        (tmp / "dataset.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def ingest(source: Path | str, raw_dir: Path | str, tasks: TaskGraph) -> dict:
-    """Read a dataset in the contract layout, check it, and store it as the pipeline's raw snapshot."""
-    ds = check_dataset(read_dataset(source), tasks, source=str(source))
-    return write_dataset(ds, raw_dir, extra={"source": str(source)})
+# --- days -------------------------------------------------------------------------------------------
+
+def day_of(ts: pd.Series) -> pd.Series:
+    """The UTC day ("YYYY-MM-DD") of each timestamp (formatted once per distinct day: strftime per row is slow)."""
+    codes, days = pd.factorize(ts.dt.tz_convert("UTC").dt.floor("D"))
+    names = np.array([d.strftime("%Y-%m-%d") for d in days] or [""], dtype=object)
+    return pd.Series(names[codes], index=ts.index)
+
+
+def split_days(ds: FunnelDataset) -> dict[str, FunnelDataset]:
+    """A flat dataset as day partitions: impressions by their date; a profile row goes to the latest
+    impression day on or before its date (rows before the first day go to the first day)."""
+    imp_day = day_of(ds.impressions["event_timestamp"])
+    days = sorted(imp_day.unique())
+    out = {d: {"impressions": ds.impressions[(imp_day == d).to_numpy()].reset_index(drop=True)} for d in days}
+    for name in PROFILES:
+        df = ds.tables()[name]
+        pos = np.searchsorted(np.array(days), day_of(df["event_timestamp"]).to_numpy(), side="right") - 1
+        for i, d in enumerate(days):
+            out[d][name] = df[np.maximum(pos, 0) == i].reset_index(drop=True)
+    return {d: FunnelDataset(**t) for d, t in out.items()}
+
+
+def write_partitioned(ds: FunnelDataset, out_dir: Path | str, extra: dict | None = None) -> dict:
+    """Write a dataset as day partitions (``dt=YYYY-MM-DD/``, see ``split_days``), swapped in whole."""
+    parts = split_days(ds)
+    days = sorted(parts)
+    summary: dict = {"days": [days[0], days[-1]] if days else [], "partitions": len(days), "rows": {},
+                     **(extra or {})}
+    with atomic_dir(out_dir) as tmp:
+        for d in days:
+            folder = tmp / f"{DAY_PREFIX}{d}"
+            folder.mkdir()
+            for name, df in parts[d].tables().items():
+                if name == "impressions" or len(df):
+                    _write_parquet(df, folder / f"{name}.parquet")
+                    summary["rows"][name] = summary["rows"].get(name, 0) + len(df)
+        (tmp / "dataset.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+@dataclass
+class Partition:
+    """One day of a source: its files (a partitioned source) or its frames (a flat one split by day)."""
+
+    day: str
+    sha256: str
+    files: dict[str, Path] = field(default_factory=dict)
+    frames: dict[str, pd.DataFrame] | None = None
+
+    def load(self) -> dict[str, pd.DataFrame]:
+        """The day's tables (profiles absent that day are left out)."""
+        if self.frames is None:
+            self.frames = {name: _read_table(path) for name, path in self.files.items()}
+        return self.frames
+
+
+def _files_hash(files: dict[str, Path]) -> str:
+    h = hashlib.sha256()
+    for name, path in sorted(files.items()):
+        h.update(name.encode())
+        parts = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
+        for p in parts:
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()
+
+
+def _frames_hash(frames: dict[str, pd.DataFrame]) -> str:
+    h = hashlib.sha256()
+    for name, df in sorted(frames.items()):
+        h.update(f"{name}:{list(map(str, df.columns))}:{list(map(str, df.dtypes))}".encode())
+        h.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
+    return h.hexdigest()
+
+
+def _day_folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(DAY_PREFIX))
+
+
+def source_partitions(source: Path | str) -> list[Partition]:
+    """The day partitions of a source folder, partitioned (``dt=YYYY-MM-DD/``) or flat (split by day)."""
+    root = Path(source)
+    if not root.is_dir():
+        raise ContractError(str(root), "-", "dataset folder does not exist")
+    folders = _day_folders(root)
+    if not folders:
+        ds = read_dataset(root)
+        for name, df in ds.tables().items():  # the day split needs valid keys and times
+            _check_key_and_time(df, str(root / f"{name}.parquet"), TABLES[name])
+        return [Partition(d, _frames_hash(p.tables()), frames=p.tables()) for d, p in split_days(ds).items()]
+    out = []
+    for folder in folders:
+        day = folder.name.removeprefix(DAY_PREFIX)
+        if not _DAY.match(day):
+            raise ContractError(str(folder), "-", "a partition folder must be named dt=YYYY-MM-DD")
+        files = {name: p for name in TABLES for p in (folder / f"{name}.parquet", folder / name) if p.exists()}
+        out.append(Partition(day, _files_hash(files), files=files))
+    return out
+
+
+def check_partition(day: str, frames: dict[str, pd.DataFrame], tasks: TaskGraph, source: str,
+                    schemas: dict[str, pa.Schema], other_ids: np.ndarray) -> dict[str, pd.DataFrame]:
+    """The contract on one day: every table's rules, impressions on that day only, at least one
+    impression, impression ids not used by another stored day, and the stored days' columns."""
+    where = f"{source}/{DAY_PREFIX}{day}"
+    if "impressions" not in frames:
+        raise ContractError(f"{where}/impressions.parquet", "-", "file is missing (a day needs its impressions)")
+    checked = {name: check_table(name, df, tasks, f"{where}/{name}.parquet") for name, df in frames.items()}
+    imps, file = checked["impressions"], f"{where}/impressions.parquet"
+    if imps.empty:
+        raise ContractError(file, "-", "no impressions: drop the day's folder until its data has arrived")
+    _fail_if(day_of(imps["event_timestamp"]) != day, imps, file, "event_timestamp",
+             f"impressions of partition {DAY_PREFIX}{day} must fall on {day} (UTC): move them to their day's "
+             "partition", ["impression_id", "event_timestamp"])
+    _fail_if(np.isin(imps["impression_id"].to_numpy(), other_ids), imps, file, "impression_id",
+             "impression_id already used by another stored day", ["impression_id", "event_timestamp"])
+    for name, df in checked.items():
+        want = schemas.get(name)
+        got = _schema(df)
+        if want is not None and not got.equals(want):
+            raise ContractError(f"{where}/{name}.parquet", "-",
+                                f"columns {_cols(got)} differ from the stored days' {_cols(want)}: ingest with "
+                                "--new-lineage to start a new lineage with these columns")
+    return checked
+
+
+def _schema(df: pd.DataFrame) -> pa.Schema:
+    return pa.Schema.from_pandas(df, preserve_index=False).remove_metadata()
+
+
+def _cols(schema: pa.Schema) -> str:
+    return ", ".join(f"{f.name}:{f.type}" for f in schema)
+
+
+# --- the raw store ------------------------------------------------------------------------------------
+
+def _day_dir(raw_dir: Path | str, day: str) -> Path:
+    return Path(raw_dir) / f"{DAY_PREFIX}{day}"
+
+
+def raw_manifest(raw_dir: Path | str) -> dict:
+    """partitions.json of the raw store: lineage, stored days and quarantined days (empty before ingest)."""
+    path = Path(raw_dir) / PARTITIONS
+    if not path.exists():
+        return {"lineage": None, "partitions": {}, "quarantined": {}}
+    return json.loads(path.read_text())
+
+
+def raw_days(raw_dir: Path | str) -> list[str]:
+    """The stored days, sorted ("YYYY-MM-DD")."""
+    return sorted(raw_manifest(raw_dir)["partitions"])
+
+
+def lineage(raw_dir: Path | str) -> dict:
+    """The raw store's lineage: ``{"id", "started_at", "reason"}``."""
+    found = raw_manifest(raw_dir)["lineage"]
+    if found is None:
+        raise MissingInput(Path(raw_dir) / PARTITIONS, "ingest")
+    return found
+
+
+def read_raw(raw_dir: Path | str, name: str, days: Sequence[str] | None = None,
+             columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Table ``name`` of the raw store: its partitions (all, or ``days``) concatenated in day order."""
+    stored = raw_days(raw_dir)
+    if not stored:
+        raise MissingInput(Path(raw_dir) / PARTITIONS, "ingest")
+    unknown = sorted(set(days or ()) - set(stored))
+    if unknown:
+        raise ValueError(f"{raw_dir}: days {', '.join(unknown)} are not in the raw store (stored: {stored[0]} to "
+                         f"{stored[-1]})")
+    wanted = sorted(stored if days is None else days)
+    files = [f for d in wanted if (f := _day_dir(raw_dir, d) / f"{name}.parquet").exists()]
+    if not files:
+        key = TABLES[name]
+        return pd.DataFrame({key: pd.Series(dtype=np.int64),
+                             "event_timestamp": pd.Series(dtype="datetime64[us, UTC]")})
+    cols = list(columns) if columns is not None else None
+    table = pa.concat_tables([pq.read_table(f, columns=cols) for f in files])
+    return table.to_pandas()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _new_lineage(reason: str) -> dict:
+    started = _now()
+    return {"id": f"{started[:10]}-{uuid.uuid4().hex[:8]}", "started_at": started, "reason": reason}
+
+
+class _Store:
+    """The raw store during one ingest: what is stored, the schemas and ids a new day must agree with."""
+
+    def __init__(self, raw_dir: Path, manifest: dict):
+        self.raw_dir, self.manifest = raw_dir, manifest
+        self._schemas: dict[str, pa.Schema] | None = None
+        self._ids: dict[str, np.ndarray] | None = None
+
+    def schemas(self) -> dict[str, pa.Schema]:
+        if self._schemas is None:
+            self._schemas = {}
+            for day in sorted(self.manifest["partitions"]):
+                for name in TABLES:
+                    f = _day_dir(self.raw_dir, day) / f"{name}.parquet"
+                    if name not in self._schemas and f.exists():
+                        self._schemas[name] = pq.read_schema(f).remove_metadata()
+        return self._schemas
+
+    def ids(self) -> dict[str, np.ndarray]:
+        if self._ids is None:
+            self._ids = {d: pq.read_table(_day_dir(self.raw_dir, d) / "impressions.parquet",
+                                          columns=["impression_id"])["impression_id"].to_numpy()
+                         for d in self.manifest["partitions"]}
+        return self._ids
+
+    def other_ids(self, day: str) -> np.ndarray:
+        others = [ids for d, ids in self.ids().items() if d != day]
+        return np.concatenate(others) if others else np.empty(0, np.int64)
+
+    def store(self, day: str, tables: dict[str, pd.DataFrame], record: dict) -> None:
+        with atomic_dir(_day_dir(self.raw_dir, day)) as tmp:
+            for name, df in tables.items():
+                if name == "impressions" or len(df):
+                    _write_parquet(df, tmp / f"{name}.parquet")
+        schemas = self.schemas()
+        for name, df in tables.items():
+            schemas.setdefault(name, _schema(df))
+        self.ids()[day] = tables["impressions"]["impression_id"].to_numpy()
+        self.manifest["partitions"][day] = record
+        self.manifest["quarantined"].pop(day, None)
+
+
+def _quarantine(part: Partition, quarantine_dir: Path, reason: str) -> None:
+    """Keep the bad day's input and its reason (the stored day, if any, is left as it was)."""
+    with atomic_dir(quarantine_dir / f"{DAY_PREFIX}{part.day}") as tmp:
+        if part.files:
+            for path in part.files.values():
+                (shutil.copytree if path.is_dir() else shutil.copy2)(path, tmp / path.name)
+        else:
+            for name, df in (part.frames or {}).items():
+                df.to_parquet(tmp / f"{name}.parquet", index=False)
+        write_text(tmp / "reason.txt", reason + "\n")
+
+
+def ingest(source: Path | str, raw_dir: Path | str, tasks: TaskGraph, quarantine_dir: Path | str,
+           new_lineage: str | None = None, label: str | None = None) -> dict:
+    """Add a source's day partitions to the raw store, each checked against the contract on its own.
+
+    Idempotent: a day whose content hash is stored is "unchanged" (not rewritten); a changed day
+    replaces that day only. A bad day goes to ``quarantine_dir/dt=DAY/`` with ``reason.txt`` and the
+    stored day stays; ``PartitionsQuarantined`` is raised after the good days are stored (a day
+    quarantined before with the same content is skipped with a warning). ``new_lineage`` (a reason)
+    empties the store first and starts a new lineage, as does a first ingest into an empty store.
+    ``label`` is the source name recorded (default: ``source``).
+    """
+    raw_dir, quarantine_dir, label = Path(raw_dir), Path(quarantine_dir), label or str(source)
+    parts = source_partitions(source)
+    if not parts:
+        raise ContractError(str(source), "impressions", "source has no impressions")
+    old = raw_manifest(raw_dir)
+    fresh = new_lineage is not None or old["lineage"] is None
+    manifest = ({"lineage": _new_lineage(new_lineage or f"first ingest of {label}"), "partitions": {},
+                 "quarantined": {}} if fresh else json.loads(json.dumps(old)))
+    store = _Store(raw_dir, manifest)
+    result: dict = {"added": [], "replaced": [], "unchanged": [], "quarantined": {}}
+    for part in parts:
+        stored, bad = manifest["partitions"].get(part.day), manifest["quarantined"].get(part.day)
+        if stored is not None and stored["sha256"] == part.sha256:
+            result["unchanged"].append(part.day)
+            manifest["quarantined"].pop(part.day, None)  # the source is back to the stored (good) content
+            continue
+        if bad is not None and bad["sha256"] == part.sha256:
+            log.warning("day %s: same content as when it was quarantined (%s); skipped", part.day, bad["reason"])
+            continue
+        try:
+            tables = check_partition(part.day, part.load(), tasks, label, store.schemas(), store.other_ids(part.day))
+        except ContractError as err:
+            reason = " | ".join(" ".join(line.split()) for line in str(err).splitlines() if line.strip())
+            _quarantine(part, quarantine_dir, str(err))
+            manifest["quarantined"][part.day] = {"reason": reason, "sha256": part.sha256, "source": label,
+                                                 "quarantined_at": _now()}
+            result["quarantined"][part.day] = reason
+            continue
+        result["replaced" if stored is not None else "added"].append(part.day)
+        store.store(part.day, tables, {"rows": len(tables["impressions"]), "sha256": part.sha256,
+                                       "source": label, "ingested_at": _now()})
+    if manifest != old:
+        write_json(raw_dir / PARTITIONS, manifest)
+    if fresh:  # days of the previous lineage go only once the new manifest no longer lists them
+        for folder in _day_folders(raw_dir) if raw_dir.exists() else []:
+            if folder.name.removeprefix(DAY_PREFIX) not in manifest["partitions"]:
+                shutil.rmtree(folder)
+    result["lineage"] = manifest["lineage"]["id"]
+    result["days"] = sorted(manifest["partitions"])
+    if result["quarantined"]:
+        raise PartitionsQuarantined(result["quarantined"], quarantine_dir)
+    return result

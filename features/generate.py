@@ -142,9 +142,42 @@ def _hour_of_day(n: int, rng) -> np.ndarray:
     return rng.choice(24, n, p=w / w.sum())
 
 
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-x))
+
+
+def _behaviour(user: dict[str, np.ndarray], u: np.ndarray, item_lat: np.ndarray, item_quality: np.ndarray,
+               ctx: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Click logit, conversion logit and log-value location of each impression, given the latent item
+    factors and quality in force for it (rows of ``item_lat``/``item_quality`` align with the impressions)."""
+    ul = user["lat"][u]
+    affinity_click = np.einsum("ij,ij->i", ul[:, :4], item_lat[:, :4]) * 0.45
+    affinity_conv = np.einsum("ij,ij->i", ul[:, 2:6], item_lat[:, 2:6]) * 0.45  # overlaps click's factors
+    click_logit = (user["click_bias"][u] + item_quality + affinity_click - 0.35 * np.log(ctx["position"])
+                   + ctx["hour_effect"] + np.array([0.0, 0.15, -0.2])[ctx["device"]] + 0.2 * (ctx["rating"] - 3.6))
+    conv_logit = (user["conv_bias"][u] + 0.5 * item_quality + affinity_conv + 0.25 * ctx["membership"]
+                  - user["price_sens"][u] * (ctx["log_price"] - 3.0) + 0.3 * (ctx["device"] == 0))
+    # Value (e.g. revenue) given conversion: log-normal around price x spend propensity x quantity.
+    mu = ctx["log_price"] + user["spend"][u] + 0.3 * np.einsum("ij,ij->i", ul[:, 6:], item_lat[:, 6:]) * 0.5
+    return click_logit, conv_logit, mu
+
+
+def _redrawn_items(n_items: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Item latent factors and quality after a concept drift, from their own stream (so the data before
+    the drift is the same as without it)."""
+    rng = np.random.default_rng([seed, 1])
+    return rng.normal(size=(n_items, LATENT_DIM)).astype(np.float32), rng.normal(0, 0.5, n_items)
+
+
 def generate(rows: int, days: int = 30, seed: int = 7, users: int | None = None,
-             items: int | None = None, start: str = "2026-09-01") -> FunnelData:
-    """Generate ``rows`` impressions over ``days`` days; deterministic for a given seed."""
+             items: int | None = None, start: str = "2026-09-01", drift_from_day: int | None = None) -> FunnelData:
+    """Generate ``rows`` impressions over ``days`` days; deterministic for a given seed.
+
+    ``drift_from_day`` K: a concept drift after the first K days. From then on the item-side latent
+    factors and quality are re-drawn, so the same observable features (category, brand, rating, ...)
+    mean something else for clicks, conversions and value; rates stay calibrated as before the drift
+    and the first K days are identical to a run without drift.
+    """
     rng = np.random.default_rng(seed)
     # ~100 impressions per user and ~200 per item on average (Zipf around that): enough per id for
     # id embeddings and activity aggregates to recover part of the latent factors.
@@ -162,7 +195,7 @@ def generate(rows: int, days: int = 30, seed: int = 7, users: int | None = None,
     us = (t0.value // 1000 + day * 86_400_000_000 + hour * 3_600_000_000
           + rng.integers(0, 3_600_000_000, rows))
     order = np.argsort(us, kind="stable")
-    u, it, hour, us = u[order], it[order], hour[order], us[order]
+    u, it, hour, us, day = u[order], it[order], hour[order], us[order], day[order]
     position = np.minimum(rng.geometric(0.22, rows), 20).astype(np.int64)
     device = rng.choice(3, rows, p=[0.6, 0.3, 0.1]).astype(np.int64)
 
@@ -170,23 +203,23 @@ def generate(rows: int, days: int = 30, seed: int = 7, users: int | None = None,
                          "event_timestamp": _utc(us)})
     ustate = _asof(imps, user_df, "user_id", ["membership"])
     istate = _asof(imps, item_df, "item_id", ["price", "rating"])
-    membership = ustate["membership"].to_numpy(float)
-    log_price = np.log(istate["price"].to_numpy(float))
-    rating = istate["rating"].to_numpy(float)
-
-    ul, il = user_hidden["lat"], item_hidden["lat"]
-    affinity_click = np.einsum("ij,ij->i", ul[u, :4], il[it, :4]) * 0.45
-    affinity_conv = np.einsum("ij,ij->i", ul[u, 2:6], il[it, 2:6]) * 0.45  # overlaps click's factors
-    hour_effect = 0.25 * np.cos((hour - 20) / 24 * 2 * np.pi)
-    click_logit = (user_hidden["click_bias"][u] + item_hidden["quality"][it] + affinity_click - 0.35 * np.log(position)
-                   + hour_effect + np.array([0.0, 0.15, -0.2])[device] + 0.2 * (rating - 3.6))
-    conv_logit = (user_hidden["conv_bias"][u] + 0.5 * item_hidden["quality"][it] + affinity_conv + 0.25 * membership
-                  - user_hidden["price_sens"][u] * (log_price - 3.0) + 0.3 * (device == 0))
-    p_click = 1 / (1 + np.exp(-(click_logit + _solve_bias(click_logit, CLICK_RATE))))
+    ctx = {"position": position, "device": device, "hour_effect": 0.25 * np.cos((hour - 20) / 24 * 2 * np.pi),
+           "membership": ustate["membership"].to_numpy(float), "rating": istate["rating"].to_numpy(float),
+           "log_price": np.log(istate["price"].to_numpy(float))}
+    item_lat, item_quality = item_hidden["lat"][it], item_hidden["quality"][it]
+    click_logit, conv_logit, mu = _behaviour(user_hidden, u, item_lat, item_quality, ctx)
+    # The rates are calibrated on the behaviour before any drift (so a drift leaves earlier days unchanged).
+    click_bias = _solve_bias(click_logit, CLICK_RATE)
     # Calibrate the conversion rate among clicks: weight each impression by its click probability.
-    p_cvr = 1 / (1 + np.exp(-(conv_logit + _solve_bias(conv_logit, CVR_GIVEN_CLICK, p_click))))
-    # Value (e.g. revenue) given conversion: log-normal around price x spend propensity x quantity.
-    mu = log_price + user_hidden["spend"][u] + 0.3 * np.einsum("ij,ij->i", ul[u, 6:], il[it, 6:]) * 0.5
+    conv_bias = _solve_bias(conv_logit, CVR_GIVEN_CLICK, _sigmoid(click_logit + click_bias))
+    if drift_from_day is not None:
+        drifted = day >= drift_from_day
+        new_lat, new_quality = _redrawn_items(n_items, seed)
+        item_lat = np.where(drifted[:, None], new_lat[it], item_lat)
+        item_quality = np.where(drifted, new_quality[it], item_quality)
+        click_logit, conv_logit, mu = _behaviour(user_hidden, u, item_lat, item_quality, ctx)
+    p_click = _sigmoid(click_logit + click_bias)
+    p_cvr = _sigmoid(conv_logit + conv_bias)
     value_given_conv = np.exp(mu + VALUE_SIGMA**2 / 2)
 
     click = rng.random(rows) < p_click

@@ -8,9 +8,10 @@ same settings as a feature_store.yaml for the ``feast`` CLI; a test keeps the tw
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,9 +19,10 @@ import numpy as np
 import pandas as pd
 
 from features.contract import MissingInput, require_input
-from features.engineering import TablesMeta, read_tables_meta, table_path
+from features.engineering import TablesMeta, ViewMeta, read_tables_meta, table_glob, view_dir
 from features.views import Entity as EntitySpec
 from features.views import View, Views
+from models.atomic import write_json
 
 if TYPE_CHECKING:
     from feast import Entity, FeatureStore, FeatureView
@@ -31,6 +33,7 @@ ASOF = "features.asof_offline_store.AsofDuckDBOfflineStore"
 # Profiles and aggregates hold until superseded: the tables are already point-in-time stamped
 # (see features/engineering.py), so the TTL only bounds how far back the join looks.
 NO_EXPIRY = timedelta(days=3650)
+ONLINE_RECORD = "online.json"  # the feature tables' day files the online store holds (day -> sha256)
 
 
 @dataclass(frozen=True)
@@ -108,9 +111,9 @@ def _feature_view(view: View, entity: Entity, tables: Path, meta: TablesMeta) ->
     from feast import FeatureView, Field, FileSource
     from feast.types import Float64, Int64
 
-    path = table_path(tables, view.name)
+    path = table_glob(tables, view.name)
     if view.name not in meta.views:
-        raise MissingInput(path, "features build")
+        raise MissingInput(view_dir(tables, view.name), "features build")
     schema = [Field(name=col, dtype=Int64 if m.dtype == "int64" else Float64)
               for col, m in meta.views[view.name].features.items()]
     return FeatureView(
@@ -118,8 +121,8 @@ def _feature_view(view: View, entity: Entity, tables: Path, meta: TablesMeta) ->
         entities=[entity],
         ttl=NO_EXPIRY,
         schema=schema,
-        source=FileSource(name=f"{view.name}_source", path=str(require_input(path, "features build")),
-                          timestamp_field="event_timestamp"),
+        # One table over the view's day files: the glob is read by DuckDB (ours and Feast's stores).
+        source=FileSource(name=f"{view.name}_source", path=str(path), timestamp_field="event_timestamp"),
         online=True,
         description=view.description,
         tags={"kind": view.kind},
@@ -146,14 +149,47 @@ def apply(paths: FeastPaths, service: str, views: Views) -> list[str]:
     return [o.name for o in objects]
 
 
+def _materialize_mode(view: ViewMeta, loaded: dict[str, str] | None, last_end: datetime | None) -> str:
+    """How to bring one view's online rows up to its table, given the day files (day -> sha256) last
+    loaded and Feast's last materialized end: ``none`` (nothing new), ``incremental`` (only new days,
+    every row at or after the last end) or ``full`` (first load, a day replaced or gone, or a new row
+    stamped before the last end, which an incremental load would miss)."""
+    if loaded is None or last_end is None:
+        return "full"
+    parts = view.partitions
+    if any(parts.get(day) is None or parts[day].sha256 != sha for day, sha in loaded.items()):
+        return "full"
+    new = [p.time_range for day, p in parts.items() if day not in loaded and p.time_range is not None]
+    if not new:
+        return "none"
+    return "incremental" if min(r[0] for r in new) >= last_end else "full"
+
+
 def materialize(paths: FeastPaths) -> dict:
-    """Load the latest feature values of every entity into the SQLite online store."""
+    """Bring Feast's SQLite online store up to the feature tables, loading only what changed.
+
+    The day files loaded are recorded beside the online store (``online.json``); per view, new days
+    whose rows all come after the last load go through Feast's ``materialize_incremental``, anything
+    else (the first load, a replaced day) reloads the view's whole time range, and a view with
+    nothing new is left alone.
+    """
     meta = read_tables_meta(paths.tables)
-    start = min(v.time_range[0] for v in meta.views.values())
-    end = max(v.time_range[1] for v in meta.views.values())
     store = _open_applied(paths)
-    store.materialize(start_date=start - timedelta(seconds=1), end_date=end + timedelta(seconds=1))
-    return {"start": start.isoformat(), "end": end.isoformat(), "views": list(meta.views)}
+    record = paths.feast / ONLINE_RECORD
+    loaded = json.loads(record.read_text())["views"] if record.exists() and paths.online.exists() else {}
+    end = max(v.time_range[1] for v in meta.views.values() if v.time_range is not None)
+    modes = {name: _materialize_mode(view, loaded.get(name), store.get_feature_view(name).most_recent_end_time)
+             for name, view in meta.views.items() if view.time_range is not None}
+    incremental = [n for n, m in modes.items() if m == "incremental"]
+    if incremental:
+        store.materialize_incremental(end_date=end, feature_views=incremental)
+    full = [n for n, m in modes.items() if m == "full"]
+    if full:
+        start = min(meta.views[n].time_range[0] for n in full)  # type: ignore[index]  # modes skip None
+        store.materialize(start_date=start, end_date=end, feature_views=full)
+    views = {name: {day: p.sha256 for day, p in view.partitions.items()} for name, view in meta.views.items()}
+    write_json(record, {"end": end.isoformat(), "views": views})
+    return {"end": end.isoformat(), "modes": modes, "days": list(meta.days)}
 
 
 def historical_feature_batches(paths: FeastPaths, entity_df: pd.DataFrame, feature_service: str,

@@ -5,49 +5,74 @@ recorded in tables.json), keeping the point-in-time rule and the contract's dtyp
 profile columns with no snapshot yet -> -1 (an explicit "unknown" id), kept int64; activity counts
 with no history -> 0; smoothed rates -> the platform prior in force at that time; numeric profile
 columns stay NaN (the models standardise them and map NaN to the mean).
+
+The set covers the last ``split.window_days`` calendar days of the raw store (all days when null);
+the time split applies inside that window, so the newest days are the test set. Retrieval is done
+once per day: the filled rows of each day are kept in a cache folder under a key of everything they
+depend on (that day's raw content, every feature-table day file an impression of that day can see,
+the priors in force, the feature config and the fill code), so a daily run retrieves only the new
+day and a replaced raw day re-retrieves the days from it on.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+import logging
+import shutil
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import model_validator
+from pydantic import PositiveInt, model_validator
 
 from features import store
-from features.contract import raw_table, require_input
+from features.contract import MissingInput, day_of, raw_manifest, read_raw, require_input
 from features.engineering import (
+    DAY,
     KEEP,
     PRIOR,
     PRIORS,
+    TABLES_META,
     UNKNOWN,
     ZERO,
     FeatureConfig,
     FeatureMeta,
+    TablesMeta,
     read_tables_meta,
     table_path,
 )
 from features.store import FeastPaths
-from models.atomic import atomic_dir
+from models.atomic import atomic_dir, write_json
 from models.strict import Strict
 from models.tasks import TaskGraph
 
 SPLITS = ("train", "validation", "test")
 UNKNOWN_ID = -1
 MANIFEST = "manifest.json"
+CACHE_INDEX = "index.json"  # the retrieval cache's {day: key of what its rows depend on}
+log = logging.getLogger(__name__)
+
+
+class StaleTables(MissingInput):
+    """The feature tables were built from other raw days than the raw store holds now."""
+
+    def __init__(self, path: Path | str, command: str):
+        super().__init__(path, command)
+        self.args = (f"{path} was built from other raw days than the raw store holds: run "
+                     f"`funnelflow {command}` first",)
 
 
 class SplitConfig(Strict):
-    """The ``split`` section of params.yaml: fractions of the impressions, by time."""
+    """The ``split`` section of params.yaml: the window of days, then fractions of its impressions, by time."""
 
     train: float = 0.7
     validation: float = 0.15
     test: float = 0.15
+    window_days: PositiveInt | None = None  # the last N calendar days of the raw store; None: every day
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> SplitConfig:
@@ -104,10 +129,11 @@ def split_times(ts: pd.Series, cfg: SplitConfig) -> tuple[pd.Timestamp, pd.Times
     return ts.iloc[round(cfg.train * n)], ts.iloc[round((cfg.train + cfg.validation) * n)]
 
 
-def split_masks(ts: pd.Series, t1: pd.Timestamp, t2: pd.Timestamp) -> dict[str, np.ndarray]:
+def split_masks(ts: pa.ChunkedArray, t1: pd.Timestamp, t2: pd.Timestamp) -> dict[str, pa.ChunkedArray]:
     """Row masks of each split: before ``t1``, from ``t1`` to before ``t2``, from ``t2`` on."""
-    return {"train": (ts < t1).to_numpy(), "validation": ((ts >= t1) & (ts < t2)).to_numpy(),
-            "test": (ts >= t2).to_numpy()}
+    lo, hi = (pa.scalar(t.to_pydatetime(), ts.type) for t in (t1, t2))
+    return {"train": pc.less(ts, lo), "validation": pc.and_(pc.greater_equal(ts, lo), pc.less(ts, hi)),
+            "test": pc.greater_equal(ts, hi)}
 
 
 def _file_hash(paths: list[Path]) -> str:
@@ -136,25 +162,138 @@ def point_in_time_features(feast: FeastPaths, impressions: pd.DataFrame, feature
     return joined.sort_values("impression_id", kind="stable").reset_index(drop=True)
 
 
+def window(days: Sequence[str], window_days: int | None) -> list[str]:
+    """The raw days inside the last ``window_days`` calendar days (all of them when None)."""
+    days = sorted(days)
+    if window_days is None or not days:
+        return days
+    first = (pd.Timestamp(days[-1]) - (window_days - 1) * DAY).strftime("%Y-%m-%d")
+    return [d for d in days if d >= first]
+
+
+def _day_keys(tables: Path, meta: TablesMeta, raw: dict[str, str], days: list[str],
+              feature_cfg: FeatureConfig) -> dict[str, str]:
+    """Per day, a hash of everything its filled rows depend on: its raw content, every feature-table
+    day file an impression of that day can see (stamped before the next midnight), the priors in
+    force up to that day, the tables' config, the fills, the feature service and this module."""
+    priors = pd.read_parquet(table_path(tables, PRIORS)).sort_values("boundary")
+    prior_cols = sorted(c for c in priors.columns if c.startswith("prior_"))
+    files = sorted((p.time_range[0], view, day, p.sha256) for view, vm in meta.views.items()
+                   for day, p in vm.partitions.items() if p.time_range is not None)
+    base = hashlib.sha256(json.dumps([meta.config_sha256, feature_cfg.feature_service,
+                                      {v: {c: m.model_dump() for c, m in vm.features.items()}
+                                       for v, vm in meta.views.items()},
+                                      Path(__file__).read_text()], sort_keys=True).encode()).hexdigest()
+    day0 = pd.Timestamp(meta.day0)
+    keys = {}
+    for day in days:
+        end = pd.Timestamp(day, tz="UTC") + DAY
+        seen = [f[1:] for f in files if f[0] < end]
+        index = (pd.Timestamp(day, tz="UTC") - day0).days
+        in_force = priors.loc[priors["boundary"] <= index, prior_cols].to_numpy().tobytes()
+        h = hashlib.sha256(f"{base}|{raw[day]}|{json.dumps(seen)}|".encode())
+        h.update(in_force)
+        keys[day] = h.hexdigest()
+    return keys
+
+
+class DayCache:
+    """The filled rows of each raw day (``dt=DAY.parquet``) with their keys (index.json)."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        index = self.folder / CACHE_INDEX
+        self.index: dict[str, str] = json.loads(index.read_text()) if index.exists() else {}
+
+    def path(self, day: str) -> Path:
+        """The day's file."""
+        return self.folder / f"dt={day}.parquet"
+
+    def valid(self, day: str, key: str) -> bool:
+        """Whether the day's rows are cached under ``key``."""
+        return self.index.get(day) == key and self.path(day).exists()
+
+    def keep_only(self, keys: dict[str, str]) -> None:
+        """Drop the days outside ``keys`` (left the window or the raw store, or about to be rewritten)
+        and record ``keys``, whose files are written."""
+        for f in self.folder.glob("dt=*.parquet"):
+            if f.stem.removeprefix("dt=") not in keys:
+                f.unlink()
+        self.index = dict(keys)
+        write_json(self.folder / CACHE_INDEX, self.index)
+
+
+def _retrieve_days(feast: FeastPaths, imps: pd.DataFrame, feature_cfg: FeatureConfig, cache: DayCache) -> None:
+    """Feast's point-in-time join on ``imps`` (in time order, chunked), each day's filled rows
+    written to its cache file."""
+    day = day_of(imps["event_timestamp"]).to_numpy()
+    writer: pq.ParquetWriter | None = None
+    current, start = None, 0
+    try:
+        for batch in point_in_time_feature_batches(feast, imps, feature_cfg):
+            batch_day = day[start:start + len(batch)]
+            start += len(batch)
+            for d in pd.unique(batch_day):
+                table = pa.Table.from_pandas(batch[batch_day == d], preserve_index=False)
+                if d != current:
+                    if writer is not None:
+                        writer.close()
+                    current, writer = d, pq.ParquetWriter(cache.path(str(d)), table.schema)
+                assert writer is not None
+                writer.write_table(table.cast(writer.schema))
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def _impressions(raw_dir: Path | str, days: list[str]) -> pd.DataFrame:
+    """The impressions of ``days`` in the training set's order: by time, then id."""
+    imps = read_raw(raw_dir, "impressions", days=days)
+    return imps.sort_values(["event_timestamp", "impression_id"], kind="stable", ignore_index=True)
+
+
 def build_training_set(feast: FeastPaths, raw_dir: Path | str, out_dir: Path | str, tasks: TaskGraph,
-                       feature_cfg: FeatureConfig, split_cfg: SplitConfig) -> dict:
+                       feature_cfg: FeatureConfig, split_cfg: SplitConfig, cache_dir: Path | str | None = None) -> dict:
     """Retrieve, fill, split and write train/validation/test Parquet files plus manifest.json.
 
-    Streams: impressions go to Feast in time order, one chunk at a time, and each filled chunk is
-    appended to the split files, so peak memory is the raw impressions plus one chunk, not the
-    whole joined set. The files go to a temp folder swapped in at the end: the previous training set
-    stays readable until then, and stays in place if the build fails.
+    The days of the window not in the retrieval cache ``cache_dir`` (see the module docstring; None:
+    a throw-away one) are joined, then every day's rows are streamed from the cache into the split
+    files, so peak memory is the new days' impressions plus one chunk. The files go to a temp folder
+    swapped in at the end: the previous training set stays readable until then, and stays in place
+    if the build fails. Returns the manifest plus ``retrieval`` (the days joined and reused).
     """
-    imps = pd.read_parquet(raw_table(raw_dir, "impressions"))
-    imps = imps.sort_values(["event_timestamp", "impression_id"], kind="stable", ignore_index=True)
-    cuts = split_times(imps["event_timestamp"], split_cfg)
+    raw = {d: p["sha256"] for d, p in raw_manifest(raw_dir)["partitions"].items()}
+    days = window(list(raw), split_cfg.window_days)
+    meta = read_tables_meta(feast.tables)
+    if any(meta.raw.get(d) != raw[d] for d in days):
+        raise StaleTables(Path(feast.tables) / TABLES_META, "features build")
+    cuts = split_times(read_raw(raw_dir, "impressions", days=days, columns=["event_timestamp"])["event_timestamp"],
+                       split_cfg)
     features = _features(feast.tables)
-    with atomic_dir(out_dir) as tmp, SplitWriter(tmp, tasks, feature_cfg, declared_schema(imps, features),
-                                                 _bounds(features)) as writer:
-        for batch in point_in_time_feature_batches(feast, imps, feature_cfg):
-            for name, mask in split_masks(batch["event_timestamp"], *cuts).items():
-                writer.write(name, batch[mask])
-        return writer.finish()
+    keys = _day_keys(Path(feast.tables), meta, raw, days, feature_cfg)
+    with atomic_dir(out_dir) as tmp:
+        cache = DayCache(Path(cache_dir) if cache_dir is not None else tmp / ".days")
+        cache.folder.mkdir(parents=True, exist_ok=True)
+        todo = [d for d in days if not cache.valid(d, keys[d])]
+        log.info("training set: %d days joined, %d reused from the retrieval cache", len(todo), len(days) - len(todo))
+        imps = _impressions(raw_dir, todo or days[-1:])
+        schema = declared_schema(imps, features)
+        if todo:
+            cache.keep_only({d: keys[d] for d in days if d not in todo})  # a day cut short is never valid
+            _retrieve_days(feast, imps, feature_cfg, cache)
+        del imps
+        cache.keep_only(keys)
+        with SplitWriter(tmp, tasks, feature_cfg, schema, _bounds(features)) as writer:
+            for d in days:
+                table = pq.read_table(cache.path(d))
+                for name, mask in split_masks(table["event_timestamp"], *cuts).items():
+                    writer.write(name, table.filter(mask))
+            writer.manifest.update({"lineage": meta.lineage, "days": [days[0], days[-1]],
+                                    "window_days": split_cfg.window_days})
+            manifest = writer.finish()
+        if cache_dir is None:
+            shutil.rmtree(cache.folder)
+    return {**manifest, "retrieval": {"joined": todo, "reused": [d for d in days if d not in todo]}}
 
 
 def declared_schema(impressions: pd.DataFrame, features: dict[str, FeatureMeta]) -> dict[str, str]:
@@ -187,22 +326,23 @@ class SplitWriter:
     def __enter__(self) -> SplitWriter:
         return self
 
-    def write(self, split: str, df: pd.DataFrame) -> None:
-        """Append ``df`` to ``split``'s file and count its rows, time range and positives."""
-        if df.empty:
+    def write(self, split: str, table: pa.Table) -> None:
+        """Append ``table`` (Arrow: no pandas round trip) to ``split``'s file and count its rows, time
+        range and positives."""
+        if table.num_rows == 0:
             return
-        table = pa.Table.from_pandas(df, preserve_index=False)
         self._arrow_schema = self._arrow_schema or table.schema
         if split not in self._writers:
             self._writers[split] = pq.ParquetWriter(self.out_dir / f"{split}.parquet", self._arrow_schema)
         self._writers[split].write_table(table.cast(self._arrow_schema))
         st = self._stats.setdefault(split, {"rows": 0, "min": None, "max": None, "pos": {}})
-        ts = df["event_timestamp"]
-        st["min"] = ts.min() if st["min"] is None else min(st["min"], ts.min())
-        st["max"] = ts.max() if st["max"] is None else max(st["max"], ts.max())
-        st["rows"] += len(df)
+        span = pc.min_max(table["event_timestamp"])
+        lo, hi = pd.Timestamp(span["min"].as_py()), pd.Timestamp(span["max"].as_py())
+        st["min"] = lo if st["min"] is None else min(st["min"], lo)
+        st["max"] = hi if st["max"] is None else max(st["max"], hi)
+        st["rows"] += table.num_rows
         for t in self.tasks.tasks:
-            st["pos"][t.name] = st["pos"].get(t.name, 0) + int((df[t.column] > 0).sum())
+            st["pos"][t.name] = st["pos"].get(t.name, 0) + pc.sum(pc.greater(table[t.column], 0)).as_py()
 
     def finish(self) -> dict:
         """Close the split files, write manifest.json (split stats, schema, data hash); return it."""

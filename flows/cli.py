@@ -7,18 +7,23 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
+import click
 import typer
 
 from flows import steps
 from flows.console import EXPECTED, one_line, quiet
+from flows.gate import GateFailed
+from flows.lock import data_dir_lock
 from flows.params import Params, Paths, load_params
+from models.atomic import atomic_dir, write_json
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 features_app = typer.Typer(no_args_is_help=True, help="Feature tables and the Feast repo.")
@@ -29,6 +34,7 @@ class _State:
     params_path: Path | None = None
     data_dir: Path | None = None
     verbose: bool = False
+    wait: float = 0.0
 
 
 def _paths() -> Paths:
@@ -57,10 +63,18 @@ def _run(step: Callable[..., dict], *args: Any, overrides: dict[str, dict] | Non
     """Run a step on params.yaml (``overrides``: section -> fields) and the data dir; print its summary."""
     with _expected_failures():
         params = _override(load_params(_State.params_path), overrides or {})
-        out = step(params, _paths(), *args, **kwargs)
+        with _locked():
+            out = step(params, _paths(), *args, **kwargs)
     if echo:
         typer.echo(json.dumps(out, indent=2, default=str))
     return out
+
+
+def _locked() -> AbstractContextManager[None]:
+    """The data dir's lock for this command (``--wait`` seconds for another holder to finish)."""
+    ctx = click.get_current_context(silent=True)
+    command = " ".join(["funnelflow", *(ctx.command_path.split()[1:] if ctx else [])])
+    return data_dir_lock(_paths().root, command, _State.wait)
 
 
 def _override(params: Params, overrides: dict[str, dict]) -> Params:
@@ -82,33 +96,46 @@ def main(
     data_dir: Path | None = typer.Option(None, "--data-dir", envvar="FUNNELFLOW_DATA_DIR",
                                          help="where every step reads and writes (default: ./data)"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="library logs, and tracebacks of failures"),
+    wait: float = typer.Option(0.0, "--wait", min=0, metavar="SECONDS",
+                               help="wait this long for another command working in the data dir (default: fail)"),
 ) -> None:
     """Set up the console, then run the subcommand."""
     quiet()
     _log_to_stderr(verbose)
-    _State.params_path, _State.data_dir, _State.verbose = params, data_dir, verbose
+    _State.params_path, _State.data_dir, _State.verbose, _State.wait = params, data_dir, verbose, wait
 
 
 @app.command()
 def generate(
-    rows: int | None = typer.Option(None, help="impressions (default: params generate.rows)"),
-    days: int | None = typer.Option(None),
+    rows: int | None = typer.Option(None, help="impressions over all days (default: params generate.rows)"),
+    days: int | None = typer.Option(None, help="days simulated (default: params generate.days)"),
+    start: str | None = typer.Option(None, help="first day, YYYY-MM-DD (default: params generate.start)"),
+    drift_from_day: int | None = typer.Option(
+        None, "--drift-from-day", help="concept drift after the first K days (default: params generate)"),
+    land_days: int | None = typer.Option(
+        None, "--land-days", help="write only the first N days: simulated arrival (default: params generate)"),
     seed: int | None = typer.Option(None),
     out: Path | None = typer.Option(None, help="dataset folder (default: <data>/generated)"),
     oracle_out: Path | None = typer.Option(None, help="true probabilities (default: <data>/oracle/oracle.parquet)"),
 ) -> None:
-    """Write a synthetic funnel dataset in the contract layout (and its oracle, separately)."""
-    fields = {k: v for k, v in {"rows": rows, "days": days, "seed": seed}.items() if v is not None}
-    _run(steps.generate, out, oracle_out, overrides={"generate": fields})
+    """Write a synthetic funnel dataset as day partitions (dt=YYYY-MM-DD/), and its oracle separately."""
+    fields = {"rows": rows, "days": days, "start": start, "drift_from_day": drift_from_day, "land_days": land_days,
+              "seed": seed}
+    _run(steps.generate, out, oracle_out, overrides={"generate": {k: v for k, v in fields.items() if v is not None}})
 
 
 @app.command()
 def ingest(
-    source: Path | None = typer.Argument(None, help="dataset folder (default: params data.source)"),
+    source: Path | None = typer.Argument(None, help="dataset folder, flat or dt=YYYY-MM-DD/ day partitions "
+                                                    "(default: params data.source)"),
     format: str | None = typer.Option(None, "--format", help="funnel (contract layout) or a public layout"),
+    new_lineage: str | None = typer.Option(
+        None, "--new-lineage", metavar="REASON",
+        help="empty the raw store and start a new lineage (a new data set), recording REASON"),
 ) -> None:
-    """Check a dataset against the contract and store it as the raw snapshot."""
-    _run(steps.ingest, source, format)
+    """Add a dataset's days to the raw store: each day checked on its own, unchanged days kept, changed days
+    replaced, bad days quarantined (exit 1 naming them; the good days are stored)."""
+    _run(steps.ingest, source, format, new_lineage)
 
 
 @features_app.command("build")
@@ -136,9 +163,15 @@ def training_set() -> None:
 
 
 @app.command()
-def validate() -> None:
+def validate(accept_drift: str | None = typer.Option(
+        None, "--accept-drift", metavar="REASON",
+        help="accept a failure on drift alone: this training set becomes the reference (logged with REASON)"),
+) -> None:
     """Validate the training set with Great Expectations; non-zero exit on failure."""
-    _run(steps.validate)
+    if accept_drift:
+        _run(steps.validate, accept_drift=accept_drift)
+    else:
+        _run(steps.validate)
 
 
 @app.command()
@@ -160,22 +193,85 @@ def score_champion() -> None:
     _run(steps.score_champion)
 
 
+# Set by `dvc exp run` in the environment of every stage it runs (dvc/repo/experiments/queue/base.py):
+# an experiment is recorded, never promoted.
+DVC_EXPERIMENT_ENV = "DVC_EXP_NAME"
+SKIPPED = "skipped.json"  # all that `export --if-blessed` leaves in the bundle folder of a refused candidate
+
+
 @app.command()
-def gate() -> None:
+def gate(record_only: bool = typer.Option(
+        False, "--record-only",
+        help="exit 0 on a refusal: the decision is recorded (blessing.json, reports gate/gate.json) for DVC")) -> None:
     """Per-task thresholds and change bounds vs the champion; writes blessing.json; exit 1 if not blessed."""
-    _run(steps.gate)
+    _run(_refusal_recorded(steps.gate) if record_only else steps.gate)
+
+
+def _refusal_recorded(step: Callable[..., dict]) -> Callable[..., dict]:
+    """The gate step with a refusal as its result instead of an error (``dvc repro``/``dvc exp run`` go on,
+    and export and promote then do nothing)."""
+
+    def run(params: Params, paths: Paths) -> dict:
+        try:
+            return step(params, paths)
+        except GateFailed as exc:
+            typer.secho(f"refused (recorded): {exc.summary}", err=True, fg=typer.colors.YELLOW)
+            return {"blessed": False, "refused": exc.summary}
+
+    return run
 
 
 @app.command()
-def export() -> None:
+def export(if_blessed: bool = typer.Option(
+        False, "--if-blessed", help="for a refused candidate leave a bundle folder holding only the reason, exit 0")
+           ) -> None:
     """ONNX bundle of the blessed candidate, parity-checked against torch."""
-    _run(steps.export)
+    _run(_export_if_blessed if if_blessed else steps.export)
+
+
+def _export_if_blessed(params: Params, paths: Paths) -> dict:
+    """The export step, or for a refused candidate a bundle folder holding only the reason (so that no
+    stale bundle survives a refusal)."""
+    why = _refusal(paths)
+    if why is None:
+        return steps.export(params, paths)
+    with atomic_dir(paths.bundle) as tmp:
+        write_json(tmp / SKIPPED, {"exported": False, "reason": why})
+    return {"exported": False, "reason": why}
 
 
 @app.command()
-def promote() -> None:
-    """Make the exported bundle the champion (atomic pointer move; earlier versions kept)."""
-    _run(steps.promote)
+def promote(if_blessed: bool = typer.Option(False, "--if-blessed", help="for a refused candidate do nothing, exit 0")
+            ) -> None:
+    """Make the exported bundle the champion (atomic pointer move; earlier versions kept). Never inside
+    `dvc exp run`."""
+    _run(_promotion(if_blessed))
+
+
+def _promotion(if_blessed: bool) -> Callable[[Params, Paths], dict]:
+    """The promote step, except inside an experiment or (``if_blessed``) for a refused candidate."""
+
+    def run(params: Params, paths: Paths) -> dict:
+        why = _experiment() or (_refusal(paths) if if_blessed else None)
+        if why is None:
+            return steps.promote(params, paths)
+        paths.registry.mkdir(parents=True, exist_ok=True)  # the DVC stage's (persistent) out exists
+        return {"promoted": False, "reason": why}
+
+    return run
+
+
+def _refusal(paths: Paths) -> str | None:
+    """Why the gate's record refuses the candidate, if it does (a missing record is the step's to report)."""
+    record = paths.gate / "blessing.json"
+    if not record.exists() or json.loads(record.read_text()).get("blessed"):
+        return None
+    return f"the gate refused the candidate ({paths.gate / 'blessing.md'})"
+
+
+def _experiment() -> str | None:
+    name = os.environ.get(DVC_EXPERIMENT_ENV)
+    return f"experiment {name!r} (dvc exp run): experiments are recorded, never promoted" if name else None
 
 
 @app.command()
@@ -193,14 +289,17 @@ def predict(input: Path = typer.Option(..., "--input", exists=True,
 
 
 @app.command()
-def run(source: str | None = typer.Option(None, help="dataset folder (default: params data.source)")) -> None:
+def run(source: str | None = typer.Option(
+        None, help="dataset folder whose new days are ingested first (default: params data.source; with "
+                   "`generate`, a raw store filled by `funnelflow ingest DIR` is used as it is)")) -> None:
     """The whole loop as a Prefect flow: ingest -> features -> training set -> validate -> train ->
     evaluate -> score champion -> gate -> export -> promote."""
     from flows.pipeline import retrain
 
     try:
-        result = retrain(params_path=str(_State.params_path) if _State.params_path else None,
-                         data_dir=str(_paths().root), source=source)
+        with _locked():  # the flow takes it too (deployments); here it is re-entered
+            result = retrain(params_path=str(_State.params_path) if _State.params_path else None,
+                             data_dir=str(_paths().root), source=source)
     except EXPECTED as exc:
         _fail(exc)
     except Exception as exc:  # Prefect has logged the failed task with its traceback; end on one line

@@ -10,15 +10,16 @@ import logging
 import os
 import re
 
-from features.contract import ContractError, MissingInput
+from features.contract import ContractError, MissingInput, PartitionsQuarantined
 from features.validation import ValidationFailed
-from flows.gate import GateFailed
+from flows.gate import CustodyError, GateFailed
+from flows.lock import DataDirLocked
 from flows.params import ParamsError
 from flows.registry import RegistryError
 
 # Bad input, bad config or a step run out of order: the user fixes these, no traceback needed.
 EXPECTED: tuple[type[Exception], ...] = (ContractError, MissingInput, ValidationFailed, GateFailed, RegistryError,
-                                         ParamsError)
+                                         ParamsError, PartitionsQuarantined, CustodyError, DataDirLocked)
 
 _LIBRARY_DEPRECATION = re.compile(r"[/\\](ibis|great_expectations)[/\\]\S*:\d+: DeprecationWarning:")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -44,7 +45,7 @@ def one_line(exc: BaseException) -> str:
     """An expected failure's cause and what fixes it, on one line (a bad params.yaml: one line per error)."""
     if isinstance(exc, GateFailed):
         return exc.summary
-    if isinstance(exc, ParamsError):
+    if isinstance(exc, (ParamsError, PartitionsQuarantined)):  # one line per error / per quarantined day
         return str(exc)
     lines = [" ".join(line.split()) for line in str(exc).splitlines() if line.strip()]
     if isinstance(exc, ValidationFailed):

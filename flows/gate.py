@@ -4,6 +4,9 @@ Absolute bounds (``click/auc >= 0.70``) must hold for the candidate. Change boun
 champion evaluated on the SAME test rows (the score_champion step re-scores the champion's ONNX
 bundle), so a drop is a real drop and not a different test period. The decision record lists every
 check with its value, bound, baseline and verdict; a missing or NaN metric fails its check.
+
+The blessing names what it blessed (``candidate``: the sha256 of model.pt, the training set's data
+hash, the params hash); export and promotion recompute these from disk and refuse on any difference.
 """
 from __future__ import annotations
 
@@ -22,6 +25,14 @@ class GateFailed(RuntimeError):
     def __init__(self, record: str, summary: str = ""):
         super().__init__(record)  # one arg, so that unpickling (Prefect stores failed states) rebuilds it
         self.summary = summary or record
+
+
+class CustodyError(RuntimeError):
+    """What is on disk is not what the gate blessed (the model, data or params changed since)."""
+
+
+CANDIDATE_KEYS = {"model_sha256": "model (model.pt)", "data_hash": "training set (manifest data_hash)",
+                  "params_sha256": "params (tasks, features, split, model, train)"}
 
 
 @dataclass
@@ -53,7 +64,8 @@ def _absolute(b: Bound, cand: dict) -> Check:
 def _change(c: ChangeBound, cand: dict, champ: dict) -> Check:
     v, base = _num(cand, c.metric), _num(champ, c.metric)
     if base is None:
-        return Check("change", c.metric, "vs champion", v, None, None, True, "champion has no value: skipped")
+        return Check("change", c.metric, "vs champion", v, None, None, True,
+                     "skipped: the champion has no value for this metric")
     name, x = c.limit
     rule, bound, higher = {  # (rule, threshold, higher is better) of the one limit the bound sets
         "max_drop": (f"drop <= {x:g}", base - x, True),
@@ -66,13 +78,14 @@ def _change(c: ChangeBound, cand: dict, champ: dict) -> Check:
 
 
 def decide(candidate: dict[str, float], champion: dict[str, float] | None, cfg: GateConfig,
-           champion_version: str | None = None) -> dict:
-    """The blessing record: every check, and ``blessed`` only if all pass."""
+           champion_version: str | None = None, hashes: dict[str, str] | None = None) -> dict:
+    """The blessing record: every check, ``blessed`` only if all pass, and the candidate's ``hashes``
+    (CANDIDATE_KEYS) that bind it to what was judged."""
     checks = [_absolute(b, candidate) for b in cfg.absolute]
     if champion is not None:
         checks += [_change(c, candidate, champion) for c in cfg.change]
     return {"blessed": all(c.passed for c in checks), "champion_version": champion_version,
-            "checks": [asdict(c) for c in checks]}
+            "candidate": hashes or {}, "checks": [asdict(c) for c in checks]}
 
 
 def to_markdown(blessing: dict) -> str:
@@ -104,11 +117,27 @@ def write_blessing(blessing: dict, path: Path) -> None:
     write_json(path, blessing)
 
 
-def require_blessed(path: Path) -> dict:
-    """The blessing at ``path``; export and promotion call this first: nothing unblessed leaves the gate."""
+def require_blessed(path: Path, current: dict[str, str]) -> dict:
+    """The blessing at ``path`` if it blessed exactly ``current`` (the candidate's hashes recomputed from
+    disk); export and promotion call this first: nothing unblessed, or changed since, leaves the gate.
+
+    Raises:
+        GateFailed: no blessing, or a refusal.
+        CustodyError: a hash differs from the blessed one (one line naming it and the fix).
+    """
     if not path.exists():
         raise GateFailed(f"{path} is missing: run `funnelflow gate` first")
     blessing = json.loads(path.read_text())
     if not blessing.get("blessed"):
         raise not_blessed(blessing, path)
+    blessed = blessing.get("candidate") or {}
+    for key, what in CANDIDATE_KEYS.items():
+        if blessed.get(key) != current[key]:
+            raise CustodyError(
+                f"{path} blessed {what} {_short(blessed.get(key))} but it is {_short(current[key])} now: run "
+                "`funnelflow evaluate`, `funnelflow score-champion` and `funnelflow gate` again on what is there")
     return blessing
+
+
+def _short(digest: str | None) -> str:
+    return "(none recorded)" if not digest else digest[:12]

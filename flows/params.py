@@ -1,6 +1,8 @@
 """params.yaml, parsed once into typed sections; DVC, the Prefect flow and the CLI all read it here."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -8,6 +10,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from features.engineering import FeatureConfig
 from features.training_set import SplitConfig
@@ -25,14 +28,14 @@ class ParamsError(ValueError):
 
 
 class DataConfig(Strict):
-    """Where the raw snapshot comes from."""
+    """Where the raw store's day partitions come from."""
 
     source: str = "generate"   # "generate" or a dataset folder in the contract layout
     format: str = "funnel"     # adapter for a non-generated source
 
 
 class GenerateConfig(Strict):
-    """The synthetic funnel generator's size, seed and start date."""
+    """The synthetic funnel generator's size, seed, start date, concept drift and simulated arrival."""
 
     rows: int = 200_000
     days: int = 30
@@ -40,6 +43,8 @@ class GenerateConfig(Strict):
     items: int | None = None
     seed: int = 7
     start: str = "2026-09-01"
+    drift_from_day: int | None = Field(None, ge=1)  # the first K days unchanged, then item-side effects re-drawn
+    land_days: int | None = Field(None, ge=1)       # days that have arrived (the first N); null: all
 
 
 class Bound(Strict):
@@ -83,6 +88,13 @@ class GateConfig(Strict):
     change: list[ChangeBound] = Field(default_factory=list)
 
 
+class NotifyConfig(Strict):
+    """Who hears of a failed or refused run of the Prefect flow (flows/notify.py)."""
+
+    # A Prefect notification block as ``<block-type-slug>/<block-name>``; null: no notification.
+    block: str | None = Field(None, pattern=r"^[^/\s]+/[^/\s]+$")
+
+
 class Params(Strict):
     """Every section of params.yaml, typed; ``tasks`` has no default (it defines the funnel)."""
 
@@ -96,11 +108,68 @@ class Params(Strict):
     train: TrainConfig = TrainConfig()
     gate: GateConfig = GateConfig()
     export: ExportConfig = ExportConfig()
+    notify: NotifyConfig = NotifyConfig()
 
     @property
     def task_graph(self) -> TaskGraph:
         """The tasks as a checked graph (parents before children)."""
         return TaskGraph(tasks=self.tasks)
+
+    @model_validator(mode="after")
+    def _gate_metrics_exist(self) -> Params:
+        """A bound on a metric that evaluation never produces would never be checked: refuse it here."""
+        bounds = [("absolute", i, b.metric) for i, b in enumerate(self.gate.absolute)]
+        bounds += [("change", i, c.metric) for i, c in enumerate(self.gate.change)]
+        if not bounds:
+            return self  # no need to import scikit-learn
+        try:
+            known = known_metrics(self.task_graph)
+        except ValidationError:
+            return self  # a bad task graph: load_params reports it
+        kinds = {t.name: t.kind for t in self.tasks}
+        for kind, i, metric in bounds:
+            task, _, name = metric.partition("/")
+            if task not in known:
+                raise PydanticCustomError("gate_metric", f"gate.{kind}[{i}].metric: {metric!r} names no task "
+                                          f"(tasks: {', '.join(known)}); write it as task/metric")
+            if name not in known[task]:
+                raise PydanticCustomError("gate_metric", f"gate.{kind}[{i}].metric: unknown metric {metric!r} "
+                                          f"(known for {kinds[task]} task {task}: {', '.join(known[task])})")
+        return self
+
+
+def known_metrics(tasks: TaskGraph) -> dict[str, list[str]]:
+    """The metric names evaluation produces per task (with an oracle), read off models.metrics itself by
+    evaluating a four-row frame, so that the names cannot drift from what the gate will be given."""
+    import warnings
+
+    import pandas as pd
+
+    from models.metrics import evaluate_predictions
+    from models.networks import prediction_columns
+
+    ids = {"impression_id": [1, 2, 3, 4]}
+    labels = pd.DataFrame({**ids, **{t.column: [0.0, 1.0, 0.0, 1.0] for t in tasks.tasks}})
+    preds = pd.DataFrame({**ids, **{c: [0.2, 0.7, 0.4, 0.9] for c in prediction_columns(tasks)}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        names = evaluate_predictions(labels, preds, tasks, oracle_df=preds)
+    known: dict[str, list[str]] = {t.name: [] for t in tasks.tasks}
+    for key in names:
+        task, _, metric = key.partition("/")
+        known[task].append(metric)
+    return {t: sorted(m) for t, m in known.items()}
+
+
+MODEL_SECTIONS = ("tasks", "features", "split", "model", "train")
+
+
+def params_hash(params: Params) -> str:
+    """sha256 of the canonical JSON of the sections that shape the model (MODEL_SECTIONS): what a
+    blessing binds, so that a model judged under other params cannot be shipped under these."""
+    dumped = params.model_dump(mode="json")
+    canonical = json.dumps({k: dumped[k] for k in MODEL_SECTIONS}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def load_params(path: Path | str | None = None) -> Params:
@@ -109,7 +178,7 @@ def load_params(path: Path | str | None = None) -> Params:
     Raises:
         ParamsError: the file is missing, is not YAML, or breaks the schema (one line per error).
     """
-    path = Path(path or os.environ.get("FUNNELFLOW_PARAMS") or REPO_ROOT / "params.yaml")
+    path = params_file(path)
     name = _shown(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -126,6 +195,27 @@ def load_params(path: Path | str | None = None) -> Params:
     except ValidationError as exc:
         raise ParamsError(_errors(name, exc, raw, "tasks")) from exc
     return params
+
+
+def params_file(path: Path | str | None = None) -> Path:
+    """The params.yaml a run reads: ``path``, else ``$FUNNELFLOW_PARAMS``, else the repo's."""
+    return Path(path or os.environ.get("FUNNELFLOW_PARAMS") or REPO_ROOT / "params.yaml")
+
+
+def with_overrides(params: Params, overrides: dict[str, dict[str, Any]]) -> Params:
+    """``params`` with some keys of some sections replaced (the Prefect flow's typed overrides), checked
+    as params.yaml is: one line per error, named ``overrides: train.epochs: ...``.
+
+    Raises:
+        ParamsError: the merged params break the schema.
+    """
+    merged = params.model_dump(mode="json")
+    for section, values in overrides.items():
+        merged[section] = {**merged[section], **values}
+    try:
+        return Params.model_validate(merged)
+    except ValidationError as exc:
+        raise ParamsError(_errors("overrides", exc, merged)) from exc
 
 
 def _shown(path: Path) -> str:
@@ -177,7 +267,8 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 
 @dataclass(frozen=True)
 class Paths:
-    """Where each step reads and writes: every folder under one data dir that git ignores.
+    """Where each step reads and writes: every folder under one data dir that git ignores, except the
+    reports (``reports``) that git tracks.
 
     Passed explicitly to every step (never through the environment), so two flows in one process
     with different data dirs cannot see each other's folders.
@@ -202,8 +293,13 @@ class Paths:
 
     @property
     def raw(self) -> Path:
-        """The checked raw snapshot."""
+        """The raw store: checked day partitions and partitions.json."""
         return self.root / "raw"
+
+    @property
+    def quarantine(self) -> Path:
+        """Day partitions that broke the contract, each with its reason.txt."""
+        return self.root / "quarantine"
 
     @property
     def features(self) -> Path:
@@ -221,6 +317,11 @@ class Paths:
         return self.root / "training_set"
 
     @property
+    def retrieved(self) -> Path:
+        """The training set's retrieval cache: each raw day's filled point-in-time rows."""
+        return self.root / "retrieved"
+
+    @property
     def validation(self) -> Path:
         """GX summary, Data Docs and the drift reference."""
         return self.root / "validation"
@@ -231,9 +332,19 @@ class Paths:
         return self.root / "model"
 
     @property
+    def reports(self) -> Path:
+        """Where the small records that git tracks go (metrics, plot data, the gate decision as metrics).
+
+        The repo's data dir (``<repo>/data``, git-ignored) keeps them in ``<repo>/reports``, so that
+        ``dvc metrics diff``, ``dvc plots diff`` and ``dvc exp show`` read them from git; any other data
+        dir is self-contained and keeps them in itself, at the same relative paths.
+        """
+        return REPO_ROOT / "reports" if self.root.resolve() == (REPO_ROOT / "data").resolve() else self.root
+
+    @property
     def evaluation(self) -> Path:
-        """Test metrics and plots of the candidate."""
-        return self.root / "evaluation"
+        """Test metrics and plots of the candidate (a report)."""
+        return self.reports / "evaluation"
 
     @property
     def champion(self) -> Path:

@@ -2,12 +2,17 @@
 
 - Retries on the I/O steps (ingest, Feast apply/materialize/retrieval), never on bad input.
 - Results keyed on data and params versions: a task's cache key hashes its DVC stage's params
-  sections and a size-and-mtime fingerprint of each of its deps (dvc.yaml is the one list of what a
-  step reads); a cached step whose outputs have gone missing is re-run. score_champion, gate, export
-  and promote are never cached: the champion they depend on lives outside any deps.
+  sections, the CONTENT of each of its deps (dvc.yaml is the one list of what a step reads) and the
+  folder it ingests (path and content); a cached step whose outputs have gone missing is re-run.
+  score_champion, gate, export and promote are never cached: the champion they depend on lives outside
+  any deps.
 - Artifacts, from the steps' return values: the validation summary, the metrics table (candidate vs
   champion), and the gate decision.
 - The steps' own log lines (``funnelflow`` logger: steps, epochs) go to the run's logs.
+- Operations (flows/notify.py): a failed or refused run notifies the block params.yaml ``notify.block``
+  names; a promotion emits ``funnelflow.model.promoted``, a refusal ``funnelflow.model.refused``.
+- Typed parameters, editable in the Prefect UI: ``source`` (a landing folder of day partitions) and
+  ``overrides`` of the model, training and gate sections (flows/overrides.py).
 """
 from __future__ import annotations
 
@@ -28,26 +33,31 @@ from features.validation import ValidationFailed
 from flows import stages, steps
 from flows.console import EXPECTED, quiet
 from flows.gate import GateFailed
+from flows.lock import data_dir_lock
+from flows.notify import emit_promoted, emit_refused, notify_failure
+from flows.overrides import Overrides, apply_overrides
 from flows.params import Params, Paths, load_params
 
 
 def _fingerprint(path: Path) -> str:
-    """Size and mtime of every file under ``path``: cheap, and any rewrite changes it (even of the same
-    bytes: not a content hash). Bytecode caches are skipped: they appear when a module is first imported
-    (often inside a step, after its key was taken) and derive from the sources anyway."""
+    """The name and sha256 of every file under ``path``: the same bytes rewritten keep the key, other
+    bytes of the same size and mtime change it. Bytecode caches are skipped: they appear when a module is
+    first imported (often inside a step, after its key was taken) and derive from the sources anyway."""
+    from models.export import sha256_file
+
     if not path.exists():
         return "missing"
     files = [path] if path.is_file() else sorted(
         p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     h = hashlib.sha256()
     for f in files:
-        st = f.stat()
-        h.update(f"{f.relative_to(path.parent)}:{st.st_size}:{st.st_mtime_ns}".encode())
+        h.update(f"{f.relative_to(path.parent)}:{sha256_file(f)}\n".encode())
     return h.hexdigest()
 
 
-def cache_key(stage: str, params: Params, paths: Paths) -> str:
-    """A stage's inputs as one key: its params sections, its deps' fingerprints and the data dir."""
+def cache_key(stage: str, params: Params, paths: Paths, source: Path | None = None) -> str:
+    """A stage's inputs as one key: its params sections, its deps' contents, the data dir and, for
+    ingest, the folder it lands (``source``: path and content)."""
     h = hashlib.sha256(stage.encode())
     dumped = params.model_dump(mode="json")
     for section in stages.stages()[stage].get("params", []):
@@ -55,6 +65,8 @@ def cache_key(stage: str, params: Params, paths: Paths) -> str:
     for dep in stages.deps(stage):
         h.update(_fingerprint(stages.resolve(dep, paths)).encode())
     h.update(str(paths.root).encode())
+    if source is not None:
+        h.update(f"source={Path(source).resolve()}:{_fingerprint(Path(source))}".encode())
     return h.hexdigest()
 
 
@@ -78,7 +90,8 @@ def _step_task(fn: Callable[..., dict], stage: str, retries: int = 0, cached: bo
     opts: dict[str, Any] = dict(name=stage, retries=retries, retry_delay_seconds=2,
                                 retry_condition_fn=_no_retry_on_bad_input)
     if cached:
-        opts.update(cache_key_fn=lambda ctx, p: cache_key(stage, p["params"], p["paths"]), persist_result=True)
+        opts.update(cache_key_fn=lambda ctx, p: cache_key(stage, p["params"], p["paths"], p.get("source")),
+                    persist_result=True)
     else:
         opts.update(cache_policy=NONE)
     return task(**opts)(fn)
@@ -130,22 +143,36 @@ def _publish_metrics(candidate: dict[str, float], champion: dict) -> None:
                           description=f"Per-task test metrics, candidate vs champion {champion['version'] or '(none)'}")
 
 
-@flow(name="funnelflow-retrain", log_prints=True)
-def retrain(params_path: str | None = None, data_dir: str | None = None, source: str | None = None) -> dict:
+NO_OVERRIDES = Overrides()
+
+
+@flow(name="funnelflow-retrain", log_prints=True, on_failure=[notify_failure], on_crashed=[notify_failure])
+def retrain(params_path: str | None = None, data_dir: str | None = None, source: str | None = None,
+            overrides: Overrides = NO_OVERRIDES) -> dict:
     """Ingest (or generate) -> features apply + materialize -> training set -> validate -> train ->
     evaluate -> score champion -> gate -> export -> promote. Fails (with the record as reason) on bad
-    data or a failed gate."""
+    data or a failed gate, and then notifies params.yaml ``notify.block``.
+
+    Args:
+        params_path: the params.yaml to read (null: $FUNNELFLOW_PARAMS, else the repo's).
+        data_dir: the data dir (null: $FUNNELFLOW_DATA_DIR, else <repo>/data).
+        source: the folder to ingest: a landing folder of dt=YYYY-MM-DD/ day partitions (only new or
+            changed days are added) or a flat dataset (null: params.yaml data.source).
+        overrides: model, training and gate settings over params.yaml; a field left null keeps the file's.
+    """
     quiet()
-    with _step_logs_to_run():
-        return _retrain(load_params(params_path), Paths(Path(data_dir).resolve()) if data_dir else Paths.default(),
-                        source)
+    paths = Paths(Path(data_dir).resolve()) if data_dir else Paths.default()
+    with _step_logs_to_run(), data_dir_lock(paths.root, "funnelflow-retrain (Prefect flow)"):
+        return _retrain(apply_overrides(load_params(params_path), overrides), paths, source)
 
 
 def _retrain(params: Params, paths: Paths, source: str | None) -> dict:
     out: dict[str, dict] = {}
-    if source is None and params.data.source == "generate":
+    make, land = steps.source_plan(params, paths, source)  # a user's `ingest DIR` is kept, not regenerated over
+    if make:
         out["generate"] = _call("generate", params, paths)
-    out["ingest"] = _call("ingest", params, paths, source=Path(source) if source else None)
+    if land is not None:
+        out["ingest"] = _call("ingest", params, paths, source=land)
     for stage in ("features", "features_apply", "materialize", "training_set"):
         out[stage] = _call(stage, params, paths)
     try:
@@ -163,12 +190,21 @@ def _retrain(params: Params, paths: Paths, source: str | None) -> dict:
         out["gate"] = _call("gate", params, paths)
     except GateFailed as exc:
         create_markdown_artifact(str(exc), key="gate-decision", description="Promotion gate decision")
+        emit_refused(_blessing(paths), paths.gate / "blessing.md")
         raise
     create_markdown_artifact(out["gate"]["decision"], key="gate-decision", description="Promotion gate decision")
     out["export"] = _call("export", params, paths)
     out["promote"] = _call("promote", params, paths)
     get_run_logger().info("champion %s at %s", out["promote"]["champion"], out["promote"]["path"])
-    return {"champion": out["promote"]["champion"], "champion_path": out["promote"]["path"],
+    if out["promote"]["promoted"]:
+        emit_promoted(out["promote"], out["evaluate"]["metrics"], _blessing(paths)["candidate"]["model_sha256"])
+    return {"champion": out["promote"]["champion"], "promoted": out["promote"]["promoted"],
+            "champion_path": out["promote"]["path"],
             "metrics": str(paths.evaluation / "metrics.json"), "gate": str(paths.gate / "blessing.md"),
             "data_docs": str(paths.validation / "data_docs" / "index.html"),
             "steps": {k: v.get("seconds") for k, v in out.items()}}
+
+
+def _blessing(paths: Paths) -> dict:
+    """The gate's decision record of this run."""
+    return json.loads((paths.gate / "blessing.json").read_text())

@@ -15,6 +15,7 @@ from features.contract import require_input
 from flows.params import REPO_ROOT, Paths
 
 DATA_PREFIX = "data/"
+REPORTS_PREFIX = "reports/"
 CLI_PREFIX = "python -m flows.cli "
 
 
@@ -41,8 +42,13 @@ def outs(stage: str) -> list[str]:
 
 
 def resolve(rel: str, paths: Paths) -> Path:
-    """A dvc.yaml path on this run's folders: ``data/...`` under the data dir, the rest in the repo."""
-    return paths.root / rel.removeprefix(DATA_PREFIX) if rel.startswith(DATA_PREFIX) else REPO_ROOT / rel
+    """A dvc.yaml path on this run's folders: ``data/...`` under the data dir, ``reports/...`` under its
+    reports, the rest in the repo."""
+    if rel.startswith(DATA_PREFIX):
+        return paths.root / rel.removeprefix(DATA_PREFIX)
+    if rel.startswith(REPORTS_PREFIX):
+        return paths.reports / rel.removeprefix(REPORTS_PREFIX)
+    return REPO_ROOT / rel
 
 
 def command(stage: str) -> str:

@@ -47,24 +47,32 @@ def timed(fn: Callable[Concatenate[Params, Paths, P], dict | None]) -> Callable[
 
 @timed
 def generate(params: Params, paths: Paths, out: Path | None = None, oracle_out: Path | None = None) -> dict:
-    """Synthetic funnel data in the contract layout; the oracle goes to a separate file."""
-    from features.contract import FunnelDataset, write_dataset
+    """Synthetic funnel data as day partitions (only the days that have "arrived": ``land_days``); the
+    oracle of the landed impressions goes to a separate file."""
+    import pandas as pd
+
+    from features.contract import FunnelDataset, write_partitioned
     from features.generate import generate as gen
 
     g = params.generate
-    data = gen(rows=g.rows, days=g.days, seed=g.seed, users=g.users, items=g.items, start=g.start)
+    data = gen(rows=g.rows, days=g.days, seed=g.seed, users=g.users, items=g.items, start=g.start,
+               drift_from_day=g.drift_from_day)
+    end = pd.Timestamp(g.start, tz="UTC") + pd.Timedelta(days=g.land_days or g.days)
+    landed = FunnelDataset(*(df[df["event_timestamp"] < end] for df in (data.impressions, data.users, data.items)))
     out = Path(out or paths.generated)
-    summary = write_dataset(FunnelDataset(data.impressions, data.users, data.items), out,
-                            extra={"generator": g.model_dump()})
+    summary = write_partitioned(landed, out, extra={"generator": g.model_dump()})
     oracle_out = Path(oracle_out or paths.oracle)
     with atomic_file(oracle_out) as tmp:
-        data.oracle.to_parquet(tmp, index=False)
+        data.oracle[data.oracle["impression_id"].isin(landed.impressions["impression_id"])].to_parquet(tmp, index=False)
     return {"out": str(out), "oracle": str(oracle_out), **summary}
 
 
 @timed
-def ingest(params: Params, paths: Paths, source: Path | None = None, fmt: str | None = None) -> dict:
-    """Check a dataset against the contract and store it as the raw snapshot (all or nothing)."""
+def ingest(params: Params, paths: Paths, source: Path | None = None, fmt: str | None = None,
+           new_lineage: str | None = None) -> dict:
+    """Add a dataset's day partitions to the raw store, each checked against the contract: unchanged days
+    kept, changed days replaced, bad days quarantined (``PartitionsQuarantined`` after the good ones are
+    stored). ``new_lineage`` (a reason) empties the store first and starts a new lineage."""
     from features.contract import ingest as ingest_dataset
 
     fmt = fmt or params.data.format
@@ -73,18 +81,42 @@ def ingest(params: Params, paths: Paths, source: Path | None = None, fmt: str | 
     if fmt != "funnel":
         from features.adapters import convert  # public-dataset layouts -> the contract
 
-        return convert(fmt, Path(source), paths.raw, params.task_graph)
-    return ingest_dataset(source, paths.raw, params.task_graph)
+        return convert(fmt, Path(source), paths.raw, params.task_graph, quarantine_dir=paths.quarantine,
+                       new_lineage=new_lineage)
+    return ingest_dataset(source, paths.raw, params.task_graph, paths.quarantine, new_lineage,
+                          label=str(Path(source).resolve()))
+
+
+def source_plan(params: Params, paths: Paths, source: str | None) -> tuple[bool, Path | None]:
+    """What a run lands before it trains: (generate first?, the folder to ingest, or None for none).
+
+    ``--source DIR`` always ingests DIR, and a configured ``data.source`` folder is ingested. With
+    ``data.source: generate`` the generator's days are made and ingested, unless the raw store holds days
+    of another source (a user's ``funnelflow ingest DIR``): then the run trains on the raw store as it is.
+    """
+    from features.contract import raw_manifest
+
+    if source is not None:
+        return False, Path(source)
+    if params.data.source != "generate":
+        return False, Path(params.data.source)
+    stored = {p["source"] for p in raw_manifest(paths.raw)["partitions"].values()}
+    others = sorted(stored - {str(paths.generated.resolve())})
+    if others:
+        log.info("using the raw store from %s as it is (pass --source to add new data)", ", ".join(others))
+        return False, None
+    return True, paths.generated
 
 
 @timed
 def build_features(params: Params, paths: Paths) -> dict:
-    """Every registered feature view's table (the Feast feature views' sources)."""
+    """Every registered feature view's table (the Feast feature views' sources), updated for the raw
+    days added or replaced since the last build (all of them the first time)."""
     from features.engineering import build_feature_tables
     from features.views import VIEWS
 
     meta = build_feature_tables(paths.raw, paths.features, params.task_graph, params.features, VIEWS)
-    return {"rows": meta.rows, "day0": meta.day0.isoformat(), "n_days": meta.n_days}
+    return {"rows": meta.rows, "days": list(meta.days), "update": meta.update.model_dump()}
 
 
 @timed
@@ -101,7 +133,7 @@ def features_apply(params: Params, paths: Paths) -> dict:
 
 @timed
 def features_materialize(params: Params, paths: Paths) -> dict:
-    """Load the latest feature values into Feast's online store."""
+    """Load the latest feature values into Feast's online store: only the new days once loaded."""
     from features import store
 
     summary = store.materialize(store.FeastPaths(paths.feast, paths.features))
@@ -111,23 +143,31 @@ def features_materialize(params: Params, paths: Paths) -> dict:
 
 @timed
 def training_set(params: Params, paths: Paths) -> dict:
-    """Point-in-time features on every impression, filled, split by time, with a manifest."""
+    """Point-in-time features on every impression of the window, filled, split by time, with a
+    manifest; days joined before are reused from the retrieval cache."""
     from features.store import FeastPaths
     from features.training_set import build_training_set
 
     manifest = build_training_set(FeastPaths(paths.feast, paths.features), paths.raw, paths.training_set,
-                                  params.task_graph, params.features, params.split)
-    return {"splits": {k: v["rows"] for k, v in manifest["splits"].items()}, "data_hash": manifest["data_hash"]}
+                                  params.task_graph, params.features, params.split, cache_dir=paths.retrieved)
+    return {"splits": {k: v["rows"] for k, v in manifest["splits"].items()}, "data_hash": manifest["data_hash"],
+            "days": manifest["days"], "retrieval": {k: len(v) for k, v in manifest["retrieval"].items()}}
 
 
 @timed
-def validate(params: Params, paths: Paths, raise_on_failure: bool = True) -> dict:
-    """Validate the training set with the GX suite; summary and Data Docs under the validation dir."""
+def validate(params: Params, paths: Paths, raise_on_failure: bool = True, accept_drift: str | None = None) -> dict:
+    """Validate the training set with the GX suite; summary and Data Docs under the validation dir.
+    ``accept_drift`` (a reason): a failure on drift alone is accepted and logged, and the set becomes the
+    drift reference."""
     from features.validation import validate_training_set
 
     report = validate_training_set(paths.training_set, paths.validation, params.task_graph, params.validation,
-                                   raise_on_failure=raise_on_failure)
+                                   raise_on_failure=raise_on_failure, accept_drift=accept_drift)
+    # The outcome as DVC metrics (git-tracked); the summary and Data Docs stay in the ignored data dir.
+    write_json(paths.reports / "validation" / "metrics.json",
+               {"success": int(report.success), "evaluated": report.evaluated, "failed": len(report.failed)})
     return {"success": report.success, "evaluated": report.evaluated, "failed": len(report.failed),
+            "drifted": report.drifted, "accepted_drift": report.accepted_drift,
             "summary": str(paths.validation / "summary.md"), "docs": report.docs_index,
             "markdown": report.to_markdown()}
 
@@ -163,6 +203,9 @@ def _oracle(paths: Paths, ids: pd.Series) -> pd.DataFrame | None:
     return oracle if pd.Index(ids).isin(oracle["impression_id"]).all() else None
 
 
+EVALUATED = "evaluated.json"  # beside the test metrics: the hashes of what they were measured on
+
+
 def _model_file(paths: Paths) -> Path:
     from models.train import MODEL_FILE
 
@@ -182,6 +225,7 @@ def evaluate(params: Params, paths: Paths) -> dict:
     preds = predict_frame(paths.model, test)
     metrics = evaluate_predictions(test, preds, tasks, _oracle(paths, test["impression_id"]))
     write_json(paths.evaluation / "metrics.json", metrics)
+    write_json(paths.evaluation / EVALUATED, _candidate(params, paths))  # which model the metrics are of
     plots = write_eval_plots(test, preds, tasks, paths.evaluation / "plots")
     return {"metrics": metrics, "plots": [str(p) for p in plots]}
 
@@ -201,7 +245,7 @@ def score_champion(params: Params, paths: Paths) -> dict:
     stages.require(paths, model)
     registry = Registry(paths.registry)
     version = _champion_to_beat(registry, sha256_file(model))
-    metrics = {} if version is None else _score(registry.versions / version, paths, params)
+    metrics = {} if version is None else _score(registry.verify(version), paths, params)
     record = {"version": version, "metrics": metrics}
     write_json(paths.champion / "champion.json", record)
     return record
@@ -216,13 +260,15 @@ def _champion_to_beat(registry: Registry, model_sha256: str) -> str | None:
 
 
 def _score(version_dir: Path, paths: Paths, params: Params) -> dict:
-    """A version's metrics on the candidate's test rows; its recorded metrics if its bundle can't read them."""
+    """A (verified) version's metrics on the candidate's test rows; its recorded metrics if its bundle
+    can't read them. A bundle failing its checksums is an error, never a fallback."""
     from models.export import OnnxScorer
     from models.metrics import evaluate_predictions
 
     (test,) = _splits(paths, "test")
+    scorer = OnnxScorer(version_dir)
     try:
-        preds = OnnxScorer(version_dir).predict(test)
+        preds = scorer.predict(test)
     except Exception as exc:  # e.g. the feature schema changed since the champion was trained
         log.warning("champion %s cannot score the current test set (%s); using its recorded metrics",
                     version_dir.name, exc)
@@ -237,21 +283,55 @@ def gate(params: Params, paths: Paths) -> dict:
     from flows.gate import decide, not_blessed, to_markdown, write_blessing
 
     metrics_file, champion_file = paths.evaluation / "metrics.json", paths.champion / "champion.json"
-    stages.require(paths, metrics_file, champion_file)
+    stages.require(paths, metrics_file, paths.evaluation / EVALUATED, champion_file)
     champion = json.loads(champion_file.read_text())
     version = champion["version"]
+    candidate = _candidate(params, paths)
+    _require_evaluated(paths.evaluation / EVALUATED, candidate)
     blessing = decide(json.loads(metrics_file.read_text()), champion["metrics"] if version else None,
-                      params.gate, version)
+                      params.gate, version, candidate)
     decision = to_markdown(blessing)
     write_blessing(blessing, paths.gate / "blessing.json")
     write_text(paths.gate / "blessing.md", decision)
-    _write_gate_plot(blessing, paths.gate)
+    _write_gate_metrics(blessing, paths.reports / "gate" / "gate.json")
+    _write_gate_plot(blessing, paths.reports / "gate" / "gate_checks.csv", paths.gate / "gate.png")
     if not blessing["blessed"]:
         raise not_blessed(blessing, paths.gate / "blessing.md")
     return {"blessed": True, "champion": version, "checks": len(blessing["checks"]), "decision": decision}
 
 
-def _write_gate_plot(blessing: dict, out: Path) -> None:
+def _candidate(params: Params, paths: Paths) -> dict[str, str]:
+    """What a blessing binds, from what is on disk now: model.pt's sha256, the training set's data hash
+    and the params hash (flows.gate.CANDIDATE_KEYS)."""
+    from flows.params import params_hash
+    from models.export import sha256_file
+
+    manifest = paths.training_set / "manifest.json"
+    stages.require(paths, _model_file(paths), manifest)
+    return {"model_sha256": sha256_file(_model_file(paths)),
+            "data_hash": json.loads(manifest.read_text())["data_hash"], "params_sha256": params_hash(params)}
+
+
+def _require_evaluated(record: Path, candidate: dict[str, str]) -> None:
+    """The metrics must be of the model, data and params on disk now: a model retrained since
+    ``evaluate`` would otherwise be blessed on its predecessor's metrics."""
+    from flows.gate import CustodyError
+
+    if json.loads(record.read_text()) != candidate:
+        raise CustodyError(f"{record}: the test metrics are not of the model, training set and params on disk now"
+                           " (changed since `funnelflow evaluate`): run `funnelflow evaluate`, then `funnelflow gate`")
+
+
+def _write_gate_metrics(blessing: dict, path: Path) -> None:
+    """The decision as DVC metrics: ``blessed`` 0/1 and each check's value and verdict, so that
+    ``dvc exp show`` and ``dvc metrics diff`` show why a candidate was refused."""
+    checks = {f"{c['kind']}:{c['metric']}": {"value": c["value"], "passed": int(c["passed"])}
+              for c in blessing["checks"]}
+    write_json(path, {"blessed": int(blessing["blessed"]), "failed": sum(not c["passed"] for c in blessing["checks"]),
+                      "checks": checks})
+
+
+def _write_gate_plot(blessing: dict, csv: Path, png: Path) -> None:
     """The gate table as a DVC-plottable CSV and a PNG (value vs bound per check); both written even
     with no checks, as the DVC stage declares them."""
     import matplotlib
@@ -262,7 +342,7 @@ def _write_gate_plot(blessing: dict, out: Path) -> None:
 
     rows = pd.DataFrame(blessing["checks"], columns=["kind", "metric", "rule", "value", "bound", "baseline", "passed"])
     rows["check"] = rows["kind"] + ":" + rows["metric"]
-    with atomic_file(out / "gate_checks.csv") as tmp:
+    with atomic_file(csv) as tmp:
         rows[["check", "value", "bound", "baseline", "passed"]].to_csv(tmp, index=False)
     fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * max(len(rows), 1)))
     y = range(len(rows))
@@ -273,7 +353,7 @@ def _write_gate_plot(blessing: dict, out: Path) -> None:
     ax.set_title("Gate: " + ("BLESSED" if blessing["blessed"] else "NOT BLESSED"))
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    with atomic_file(out / "gate.png") as tmp:
+    with atomic_file(png) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
 
@@ -285,7 +365,7 @@ def export(params: Params, paths: Paths) -> dict:
     from models.export import export_onnx
 
     stages.require(paths, paths.gate / "blessing.json", _model_file(paths))
-    require_blessed(paths.gate / "blessing.json")
+    require_blessed(paths.gate / "blessing.json", _candidate(params, paths))
     (test,) = _splits(paths, "test")
     onnx_path = export_onnx(paths.model, paths.bundle, test.head(512), params.export)
     meta = json.loads((paths.bundle / "bundle.json").read_text())
@@ -294,26 +374,42 @@ def export(params: Params, paths: Paths) -> dict:
 
 @timed
 def promote(params: Params, paths: Paths) -> dict:
-    """Move the champion pointer to a new version holding the bundle and its records."""
+    """Move the champion pointer to a new version holding the bundle and its records, if the blessing,
+    the bundle and what is on disk are one candidate; a candidate whose model is the champion's is not
+    promoted again (``promoted`` False)."""
     from flows.gate import require_blessed
     from flows.params import REPO_ROOT
     from flows.registry import Registry, git_commit
-    from models.export import sha256_file
 
     records = {"metrics.json": paths.evaluation / "metrics.json", "blessing.json": paths.gate / "blessing.json",
                "manifest.json": paths.training_set / "manifest.json"}
     stages.require(paths, records["blessing.json"], paths.bundle / "bundle.json", _model_file(paths),
                    *records.values())
-    blessing = require_blessed(records["blessing.json"])
-    bundle_meta = json.loads((paths.bundle / "bundle.json").read_text())
-    manifest = json.loads(records["manifest.json"].read_text())
+    blessing = require_blessed(records["blessing.json"], _candidate(params, paths))
+    bundle_meta = _blessed_bundle(paths, blessing["candidate"]["model_sha256"])
     records["params.yaml"] = paths.root / "params.used.yaml"
     write_text(records["params.yaml"], _params_yaml(params))
-    release = {"model": bundle_meta["model"], "data_hash": manifest["data_hash"], "git_commit": git_commit(REPO_ROOT),
-               "onnx_sha256": bundle_meta["onnx_sha256"], "model_sha256": sha256_file(_model_file(paths)),
+    release = {"model": bundle_meta["model"], "git_commit": git_commit(REPO_ROOT),
+               "onnx_sha256": bundle_meta["files"]["model.onnx"], **blessing["candidate"],
                "champion_before": blessing.get("champion_version")}
     ptr = Registry(paths.registry).promote(paths.bundle, records, release, verify=_verify_bundle(paths))
-    return {"champion": ptr["version"], "path": ptr["path"], "previous": ptr.get("previous")}
+    return {"champion": ptr["version"], "path": ptr["path"], "previous": ptr.get("previous"),
+            "promoted": ptr["promoted"]}
+
+
+def _blessed_bundle(paths: Paths, model_sha256: str) -> dict:
+    """bundle.json of the exported bundle, if its files are intact and it was exported from the blessed model."""
+    from flows.gate import CustodyError
+    from models.export import BundleError, read_bundle
+
+    try:
+        meta = read_bundle(paths.bundle)
+    except BundleError as exc:
+        raise CustodyError(f"{exc} (`funnelflow export`)") from None
+    if meta["model_sha256"] != model_sha256:
+        raise CustodyError(f"{paths.bundle} was exported from model {meta['model_sha256'][:12]}, not the blessed "
+                           f"{model_sha256[:12]} (a failed or skipped export?): run `funnelflow export` again")
+    return meta
 
 
 def _params_yaml(params: Params) -> str:

@@ -1,41 +1,65 @@
 #!/usr/bin/env bash
-# CI-triggered retraining (called by .github/workflows/retrain.yml; runs the same anywhere):
-# pull what the DVC remote has, `dvc repro`, write `dvc metrics diff` and the gate record to the job
-# summary, and push artifacts to the remote ONLY when the gate blessed the candidate.
-# Exit: 0 = blessed and pushed; 1 = repro failed or the gate refused (nothing pushed).
-set -uo pipefail
+# CI-triggered retraining (.github/workflows/retrain.yml runs it; it runs the same in any clone):
+#   1. `dvc pull`: the raw store, the registry with the champion to gate against, and every other
+#      cached out of the last blessed run (dvc.lock in git says which).
+#   2. `dvc repro`: the gate stage records its decision (reports/gate/gate.json) without failing;
+#      export and promote do nothing for a refused candidate.
+#   3. Blessed only: `dvc push` first (a commit never names data the remote lacks), then commit
+#      dvc.lock and reports/ (landed days' pointers are committed by whoever lands them), tag the
+#      champion the GTO way (funnel-model@vN.0.0, assigned to stage prod), push commit and tags.
+#   Refused or failed: nothing is committed or pushed; exit 1 with the reason in the job summary.
+# Env: GITHUB_STEP_SUMMARY (default stdout), DVC / GTO (commands), GIT_REMOTE (default origin; none
+# configured: commit and tag locally only), GIT_BRANCH (default GITHUB_REF_NAME, else the current branch).
+set -euo pipefail
 cd "$(dirname "$0")/.."
 SUMMARY="${GITHUB_STEP_SUMMARY:-/dev/stdout}"
 DVC="${DVC:-dvc}"
+GTO="${GTO:-gto}"
+GIT_REMOTE="${GIT_REMOTE:-origin}"
+ARTIFACT=funnel-model
+PYTHON="${PYTHON:-python}"
 
-# An empty remote (first run) or a remote missing some outputs is not an error: repro rebuilds them.
-$DVC pull --allow-missing --quiet 2>/dev/null || echo "dvc pull: nothing (or not everything) to pull"
+note() { echo "$*" >> "$SUMMARY"; }
+refuse() {
+  note ""
+  note "**Not committed, nothing pushed:** $1"
+  exit 1
+}
+json_get() { "$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
 
-$DVC repro
-repro_rc=$?
+note "## funnelflow retraining"
+# An empty remote (first run) is not an error: repro builds what it lacks.
+$DVC pull --allow-missing --quiet || note "dvc pull: not everything could be pulled; repro rebuilds the rest"
 
-blessed=$(python - <<'PY'
-import json, pathlib
-p = pathlib.Path("data/gate/blessing.json")
-print("yes" if p.exists() and json.loads(p.read_text()).get("blessed") else "no")
-PY
-)
+$DVC repro || refuse "\`dvc repro\` failed (bad data, validation or a crash: see the job log)"
 
-{
-  echo "## funnelflow retraining"
-  echo
-  echo "dvc repro exit code: ${repro_rc}; gate blessed: ${blessed}"
-  echo
-  echo "### Metrics (workspace vs HEAD)"
-  $DVC metrics diff --md --all 2>/dev/null || echo "(no metrics to compare)"
-  echo
-  if [ -f data/gate/blessing.md ]; then cat data/gate/blessing.md; else echo "(the gate did not run)"; fi
-  echo
-} >> "$SUMMARY"
+note ""
+note "### Metrics (this run vs HEAD)"
+$DVC metrics diff --md >> "$SUMMARY" 2>&1 || note "(no metrics to compare)"
+note ""
+cat data/gate/blessing.md >> "$SUMMARY"
+note ""
+[ "$(json_get reports/gate/gate.json blessed)" = 1 ] || refuse "the gate refused the candidate (table above)"
 
-if [ "$repro_rc" -eq 0 ] && [ "$blessed" = "yes" ]; then
-  $DVC push --quiet && echo "artifacts pushed to the DVC remote" >> "$SUMMARY"
-  exit $?
+version=$(json_get data/registry/champion.json version)   # vNNNN
+git add dvc.lock reports
+if git diff --cached --quiet; then
+  note "Blessed, but nothing changed since HEAD: nothing to commit."
+  exit 0
 fi
-echo "not pushed: repro failed or the gate refused the candidate" >> "$SUMMARY"
-exit 1
+$DVC push --quiet
+git commit -q -m "retrain: champion ${version} (blessed by the gate)"
+tags=()
+semver="v$((10#${version#v})).0.0"
+if ! git rev-parse -q --verify "refs/tags/${ARTIFACT}@${semver}" >/dev/null; then
+  $GTO register "$ARTIFACT" --version "$semver" --message "registry ${version}" >/dev/null
+  $GTO assign "$ARTIFACT" --version "$semver" --stage prod --message "champion ${version}" >/dev/null
+  mapfile -t tags < <(git tag --points-at HEAD --list "${ARTIFACT}*")
+fi
+if git remote get-url "$GIT_REMOTE" >/dev/null 2>&1; then
+  branch="${GIT_BRANCH:-${GITHUB_REF_NAME:-$(git branch --show-current)}}"
+  git push -q "$GIT_REMOTE" "HEAD:refs/heads/${branch}" "${tags[@]/#/refs/tags/}"
+  note "Blessed: champion ${version} (${ARTIFACT}@${semver}, prod) pushed to the DVC remote and ${GIT_REMOTE}/${branch}."
+else
+  note "Blessed: champion ${version} (${ARTIFACT}@${semver}, prod) pushed to the DVC remote; no git remote ${GIT_REMOTE}: committed locally."
+fi

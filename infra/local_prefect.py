@@ -3,6 +3,8 @@
     python -m infra.local_prefect start [--port 4200]   # server + work pool + worker
     python -m infra.local_prefect deploy                 # the deployments of infra/prefect.yaml
     python -m infra.local_prefect trigger [--param k=v]  # run daily-retrain now and wait for its end
+                                                         # (v: JSON, e.g. overrides={"train": {"epochs": 1}},
+                                                         # else a string)
     python -m infra.local_prefect stop                   # stop only what `start` started
 
 The server is Prefect's own background server (``prefect server start --background``, ``prefect server
@@ -160,19 +162,29 @@ def stop(grace: float = 30) -> dict:
     return state
 
 
+def parameter(arg: str) -> tuple[str, object]:
+    """``k=v`` of ``trigger --param``: ``v`` as JSON when it is JSON (objects, numbers, null), else a string."""
+    key, _, value = arg.partition("=")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def main() -> None:
     """The command line: start, deploy, trigger or stop."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", choices=["start", "deploy", "trigger", "stop"])
     ap.add_argument("--port", type=int)
-    ap.add_argument("--param", action="append", default=[], help="flow parameter k=v for trigger")
+    ap.add_argument("--param", action="append", default=[],
+                    help="flow parameter k=v for trigger (v: JSON, else a string)")
     a = ap.parse_args()
     if a.command == "start":
         print(json.dumps(start(a.port)))
     elif a.command == "deploy":
         print(deploy())
     elif a.command == "trigger":
-        res = trigger(dict(p.split("=", 1) for p in a.param))
+        res = trigger(dict(parameter(p) for p in a.param))
         print(json.dumps(res))
         sys.exit(0 if res["state"] == "COMPLETED" else 1)
     else:

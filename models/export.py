@@ -1,7 +1,8 @@
 """ONNX export of a trained model directory into a self-describing scoring bundle, and its scorer.
 
 Bundle layout (``bundle_dir``): ``model.onnx``, ``preprocess.json`` (vocabularies + standardisation),
-``bundle.json`` (format version, model name, tasks, feature columns, input/output names, sha256).
+``bundle.json`` (format version, model name, tasks, feature columns, input/output names, the sha256 of
+the ``model.pt`` it was exported from and of every other file of the bundle, checked on every load).
 Choice: the ONNX graph takes already-encoded inputs -- ``categorical`` int64 [N, C] vocabulary codes
 and ``numeric`` float32 [N, F] standardised values -- and the id -> code mapping runs in numpy
 (``Preprocessor``), shared bit-for-bit by torch and ONNX scoring. Outputs are named after the
@@ -28,11 +29,15 @@ from models.config import ExportConfig
 from models.networks import FunnelNet, prediction_columns
 from models.preprocess import Preprocessor
 from models.tasks import TaskGraph
-from models.train import PREPROCESS_FILE, load_model
+from models.train import MODEL_FILE, PREPROCESS_FILE, load_model
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-file checksums (``files``) and the source model's sha256
 ONNX_FILE, BUNDLE_FILE = "model.onnx", "bundle.json"
 INPUT_NAMES = ["categorical", "numeric"]
+
+
+class BundleError(ValueError):
+    """A bundle whose files do not match its checksums (tampered, half copied) or of an unknown format."""
 
 
 class _OnnxHead(nn.Module):
@@ -106,6 +111,7 @@ def export_onnx(model_dir: str | Path, bundle_dir: str | Path, sample_df: pd.Dat
     above ``cfg.parity_atol`` raise and leave ``bundle_dir`` as it was: the bundle is built in a temp
     folder beside it and swapped in only after the check passes (the old bundle stays until then).
     """
+    model_sha256 = sha256_file(Path(model_dir) / MODEL_FILE)  # before loading: the bytes the bundle comes from
     m = load_model(model_dir)
     names = prediction_columns(m.tasks)
     cat_np, num_np = m.preprocessor.encode(sample_df)
@@ -123,21 +129,44 @@ def export_onnx(model_dir: str | Path, bundle_dir: str | Path, sample_df: pd.Dat
         meta = {"format_version": FORMAT_VERSION, "model": m.model_cfg.name, "tasks": m.tasks.model_dump(),
                 "feature_columns": m.preprocessor.columns.model_dump(), "inputs": INPUT_NAMES, "outputs": names,
                 "opset": cfg.opset, "exporter": exporter, "fallback_reason": reason, "parity_max_diff": err,
-                "onnx_sha256": sha256_file(tmp / ONNX_FILE)}
+                "model_sha256": model_sha256,
+                "files": {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file()}}
         (tmp / BUNDLE_FILE).write_text(json.dumps(meta, indent=2))  # inside the temp folder: swapped in whole
     return Path(bundle_dir) / ONNX_FILE
+
+
+def read_bundle(bundle_dir: str | Path) -> dict:
+    """bundle.json after checking every file it lists against its sha256.
+
+    Raises:
+        BundleError: bundle.json unreadable or of another format, or a file missing or changed (one line
+            naming the file).
+    """
+    bundle_dir = Path(bundle_dir)
+    try:
+        meta = json.loads((bundle_dir / BUNDLE_FILE).read_text())
+        files: dict[str, str] = meta["files"] if meta.get("format_version") == FORMAT_VERSION else {}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BundleError(f"{bundle_dir / BUNDLE_FILE} is unreadable ({type(exc).__name__}): export again") from None
+    if not files or ONNX_FILE not in files:
+        raise BundleError(f"{bundle_dir / BUNDLE_FILE}: bundle format {meta.get('format_version')} without file "
+                          f"checksums (this code reads format {FORMAT_VERSION}): export again")
+    for name, digest in files.items():
+        path = bundle_dir / name
+        if Path(name).name != name or not path.is_file():
+            raise BundleError(f"{path}: listed in bundle.json but missing: export again")
+        if sha256_file(path) != digest:
+            raise BundleError(f"{path} does not match the sha256 in bundle.json (changed or half copied): "
+                              "export again")
+    return meta
 
 
 class OnnxScorer:
     """Score raw frames with a bundle: numpy encoding + onnxruntime (2 intra-op threads)."""
 
-    def __init__(self, bundle_dir: str | Path, threads: int = 2, verify_sha: bool = True):
+    def __init__(self, bundle_dir: str | Path, threads: int = 2):
         bundle_dir = Path(bundle_dir)
-        self.meta = json.loads((bundle_dir / BUNDLE_FILE).read_text())
-        if self.meta["format_version"] != FORMAT_VERSION:
-            raise ValueError(f"unsupported bundle format {self.meta['format_version']}")
-        if verify_sha and sha256_file(bundle_dir / ONNX_FILE) != self.meta["onnx_sha256"]:
-            raise ValueError("model.onnx does not match bundle.json's sha256")
+        self.meta = read_bundle(bundle_dir)
         self.tasks = TaskGraph(**self.meta["tasks"])
         self.preprocessor = Preprocessor.load(bundle_dir / PREPROCESS_FILE)
         self.outputs: list[str] = self.meta["outputs"]

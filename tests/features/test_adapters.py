@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from features.adapters import ADAPTERS, convert, default_tasks, stable_hash
-from features.contract import ContractError, check_dataset, read_dataset
+from features.contract import TABLES, ContractError, FunnelDataset, check_dataset, read_raw
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 ALI = DATA / "aliexpress_sample"
@@ -19,6 +19,15 @@ ALI_ORDER = ["aliexpress_train_sample.csv", "fuxictr_train.csv", "aliexpress_tes
 CCP_ORDER = ["ali_ccp_train_sample.csv", "ali_ccp_val_sample.csv", "ali_ccp_test_sample.csv"]
 
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared samples not found at {DATA}")
+
+
+def _convert(fmt, src, raw, tasks, **kwargs):
+    return convert(fmt, src, raw, tasks, quarantine_dir=Path(raw).parent / "quarantine", **kwargs)
+
+
+def _raw(raw) -> FunnelDataset:
+    """Every table of the raw store, all days."""
+    return FunnelDataset(**{name: read_raw(raw, name) for name in TABLES})
 
 
 def _census_source(n: int | None = None) -> pd.DataFrame:
@@ -48,7 +57,7 @@ def converted(tmp_path_factory):
     out = {}
     for fmt, src in SOURCES.items():
         raw = tmp_path_factory.mktemp(fmt) / "raw"
-        summary = convert(fmt, src, raw, default_tasks(fmt))
+        summary = _convert(fmt, src, raw, default_tasks(fmt))
         out[fmt] = (raw, summary)
     return out
 
@@ -57,7 +66,7 @@ def converted(tmp_path_factory):
 def test_contract_counts_and_labels(converted, fmt):
     raw, summary = converted[fmt]
     tasks = default_tasks(fmt)
-    ds = check_dataset(read_dataset(raw), tasks, source=str(raw))  # re-check the written snapshot
+    ds = check_dataset(_raw(raw), tasks, source=str(raw))  # re-check the stored days
     imps = ds.impressions.sort_values("impression_id").reset_index(drop=True)
     expected = _expected(fmt)
     assert len(imps) == len(expected) == summary["tables"]["impressions"]["rows"]
@@ -76,7 +85,7 @@ def test_contract_counts_and_labels(converted, fmt):
 @pytest.mark.parametrize("fmt", list(SOURCES))
 def test_every_impression_sees_a_profile_strictly_before_it(converted, fmt):
     raw, _ = converted[fmt]
-    ds = read_dataset(raw)
+    ds = _raw(raw)
     imps = ds.impressions.sort_values("event_timestamp")
     for key, table in (("user_id", ds.users), ("item_id", ds.items)):
         first_seen = imps.groupby(key)["event_timestamp"].min()
@@ -94,7 +103,7 @@ def test_every_impression_sees_a_profile_strictly_before_it(converted, fmt):
 
 def test_census_features_exclude_labels(converted):
     raw, _ = converted["census-kdd"]
-    ds = read_dataset(raw)
+    ds = _raw(raw)
     src = _census_source()
     assert "marital_stat" not in ds.users.columns and "weeks_worked_in_year" not in ds.users.columns
     assert set(ds.impressions.columns) == {"impression_id", "event_timestamp", "user_id", "item_id",
@@ -119,11 +128,10 @@ def test_streaming_in_tiny_chunks_matches_one_chunk(tmp_path, fmt):
         src = tmp_path / "census.csv"
         with gzip.open(CENSUS, "rt") as f:
             src.write_text("".join(next(f) for _ in range(600)))
-    convert(fmt, src, tmp_path / "one", default_tasks(fmt), chunk_rows=10**7)
-    convert(fmt, src, tmp_path / "tiny", default_tasks(fmt), chunk_rows=7)
+    _convert(fmt, src, tmp_path / "one", default_tasks(fmt), chunk_rows=10**7)
+    _convert(fmt, src, tmp_path / "tiny", default_tasks(fmt), chunk_rows=7)
     for table in ("impressions", "users", "items"):
-        one = pd.read_parquet(tmp_path / "one" / f"{table}.parquet")
-        tiny = pd.read_parquet(tmp_path / "tiny" / f"{table}.parquet")
+        one, tiny = read_raw(tmp_path / "one", table), read_raw(tmp_path / "tiny", table)
         assert len(one) > 0
         pd.testing.assert_frame_equal(one, tiny, check_exact=True)
 
@@ -136,7 +144,7 @@ def _ali_frame() -> pd.DataFrame:
 def _expect_error(fmt, src, tmp_path, column, rule_part):
     raw = tmp_path / "raw"
     with pytest.raises(ContractError) as exc:
-        convert(fmt, src, raw, default_tasks(fmt), chunk_rows=8)
+        _convert(fmt, src, raw, default_tasks(fmt), chunk_rows=8)
     err = exc.value
     assert Path(err.file.split(" (as ")[0]).name == Path(src).name, err.file
     assert err.column == column, str(err)
@@ -221,22 +229,22 @@ def test_census_non_numeric_and_bad_label(tmp_path):
 
 def test_failure_leaves_previous_snapshot_untouched(tmp_path):
     raw = tmp_path / "raw"
-    convert("ali-ccp", CCP, raw, default_tasks("ali-ccp"))
-    before = pd.read_parquet(raw / "impressions.parquet")
+    _convert("ali-ccp", CCP, raw, default_tasks("ali-ccp"))
+    before = read_raw(raw, "impressions")
     bad_dir = tmp_path / "bad"
     bad_dir.mkdir()
     df = pd.read_csv(CCP / "ali_ccp_train_sample.csv")
     df.to_csv(bad_dir / "a_train.csv", index=False)          # a good first file...
     df.assign(purchase=3).to_csv(bad_dir / "b_test.csv", index=False)  # ...then a bad one
     with pytest.raises(ContractError):
-        convert("ali-ccp", bad_dir, raw, default_tasks("ali-ccp"), chunk_rows=10)
-    pd.testing.assert_frame_equal(pd.read_parquet(raw / "impressions.parquet"), before)
+        _convert("ali-ccp", bad_dir, raw, default_tasks("ali-ccp"), chunk_rows=10)
+    pd.testing.assert_frame_equal(read_raw(raw, "impressions"), before)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
 def test_wrong_task_graph_is_rejected(tmp_path):
     with pytest.raises(ContractError) as exc:
-        convert("aliexpress", ALI, tmp_path / "raw", default_tasks("ali-ccp"))
+        _convert("aliexpress", ALI, tmp_path / "raw", default_tasks("ali-ccp"))
     assert exc.value.column == "purchase"
 
 

@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from features import store
+from features.contract import read_raw
 from features.store import FeastPaths
 
 pytestmark = pytest.mark.e2e
@@ -25,7 +26,7 @@ def _retrieve(paths, entity_df, offline_store):
 def entities(pipeline_data):
     """Shuffled impressions (not in time or id order); half moved to midnight, the instant the activity
     rows are stamped, so the `<=` edge of the join is exercised."""
-    imps = pd.read_parquet(pipeline_data.raw / "impressions.parquet").sample(3000, random_state=1)
+    imps = read_raw(pipeline_data.raw, "impressions").sample(3000, random_state=1)
     at_midnight = imps.head(1500).assign(event_timestamp=lambda d: d["event_timestamp"].dt.floor("D"))
     return pd.concat([at_midnight, imps.iloc[1500:]])
 

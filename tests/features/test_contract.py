@@ -3,7 +3,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.contract import ContractError, FunnelDataset, check_dataset, ingest, read_dataset, write_dataset
+from features.contract import (
+    ContractError,
+    FunnelDataset,
+    PartitionsQuarantined,
+    check_dataset,
+    ingest,
+    read_dataset,
+    read_raw,
+    write_dataset,
+)
 from models.tasks import DEFAULT_FUNNEL
 
 
@@ -73,16 +82,22 @@ def test_good_dataset_passes_and_normalises_dtypes(good):
     assert out.impressions.position.dtype == np.int64 and out.impressions.click.dtype == np.int8
 
 
-def test_failed_ingest_leaves_previous_snapshot_intact(tmp_path, good):
-    src_ok, src_bad, raw = tmp_path / "ok", tmp_path / "bad", tmp_path / "raw"
+def test_bad_day_leaves_the_stored_day_intact(tmp_path, good):
+    src_ok, src_bad, raw, quarantine = tmp_path / "ok", tmp_path / "bad", tmp_path / "raw", tmp_path / "q"
     write_dataset(good, src_ok)
-    ingest(src_ok, raw, DEFAULT_FUNNEL)
-    before = {p.name: p.read_bytes() for p in raw.iterdir()}
+    ingest(src_ok, raw, DEFAULT_FUNNEL, quarantine)
+    files = sorted(p for p in raw.rglob("*") if p.is_file())
+    before = {p: p.read_bytes() for p in files}
     write_dataset(_break(good, "impressions", _set("value", good.impressions.index[:1], -3.0)), src_bad)
-    with pytest.raises(ContractError):
-        ingest(src_bad, raw, DEFAULT_FUNNEL)
-    assert {p.name: p.read_bytes() for p in raw.iterdir()} == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "ok", "raw"]  # no temp folder left
+    with pytest.raises(PartitionsQuarantined) as err:
+        ingest(src_bad, raw, DEFAULT_FUNNEL, quarantine)
+    day = good.impressions.event_timestamp.iloc[0].strftime("%Y-%m-%d")
+    assert list(err.value.reasons) == [day] and "value must not be negative" in err.value.reasons[day]
+    after = {p: p.read_bytes() for p in files}
+    assert {p: b for p, b in after.items() if p.name != "partitions.json"} == \
+        {p: b for p, b in before.items() if p.name != "partitions.json"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "ok", "q", "raw"]  # no temp folder left
+    pd.testing.assert_frame_equal(read_raw(raw, "impressions"), check_dataset(good, DEFAULT_FUNNEL).impressions)
 
 
 def test_missing_file_and_parts_folder(tmp_path, good):

@@ -27,7 +27,7 @@ def test_load_split_names_the_missing_file_and_the_command(tmp_path):
 def test_each_loader_names_the_step_to_run(tmp_path, params):
     cases = [
         (lambda: build_feature_tables(tmp_path / "raw", tmp_path / "features", params.task_graph, params.features,
-                                      VIEWS), "raw/impressions.parquet", "ingest"),
+                                      VIEWS), "raw/partitions.json", "ingest"),
         (lambda: store.materialize(FeastPaths(tmp_path / "feast", tmp_path / "features")),
          "features/tables.json", "features build"),
         (lambda: validate_training_set(tmp_path / "training_set", tmp_path / "validation", params.task_graph,

@@ -4,6 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from features.contract import read_raw
+from features.engineering import read_table
 from features.training_set import UNKNOWN_ID
 
 pytestmark = pytest.mark.e2e
@@ -25,7 +27,7 @@ def _strict_asof(left, right, key):
 
 @pytest.mark.parametrize("table,key,view", [("users", "user_id", "user_profile"), ("items", "item_id", "item_profile")])
 def test_profiles_match_strict_asof_reference(pipeline_data, retrieved, table, key, view):
-    raw = pd.read_parquet(pipeline_data.raw / f"{table}.parquet")
+    raw = read_raw(pipeline_data.raw, table)
     ref = _strict_asof(retrieved, raw, key).loc[retrieved.impression_id]
     for col in raw.columns.drop([key, "event_timestamp"]):
         got = retrieved[f"{view}__{col}"].to_numpy()
@@ -40,7 +42,7 @@ def test_profiles_match_strict_asof_reference(pipeline_data, retrieved, table, k
 @pytest.mark.parametrize("key,view", [("user_id", "user_activity"), ("item_id", "item_activity")])
 def test_activity_counts_match_brute_force(pipeline_data, retrieved, params, key, view):
     """Counts over [day(t) - w, day(t)), from raw events, all strictly before t."""
-    events = pd.read_parquet(pipeline_data.raw / "impressions.parquet")
+    events = read_raw(pipeline_data.raw, "impressions")
     by_key = dict(tuple(events.groupby(key)))
     for w in params.features.windows_days:
         for _, row in retrieved.iterrows():
@@ -59,7 +61,7 @@ def test_no_feature_row_later_than_the_impression(pipeline_data, retrieved):
     """Every retrieved aggregate equals the as-of row of its table with stamp <= t (Feast's rule), and
     that stamp is the day boundary at or before t: nothing from later rows leaks in."""
     for view, key in (("user_activity", "user_id"), ("item_activity", "item_id")):
-        table = pd.read_parquet(pipeline_data.features / f"{view}.parquet").sort_values("event_timestamp")
+        table = read_table(pipeline_data.features, view).sort_values("event_timestamp")
         ref = pd.merge_asof(retrieved[["impression_id", key, "event_timestamp"]],
                             table.rename(columns={"event_timestamp": "stamp"}),
                             left_on="event_timestamp", right_on="stamp", by=key)

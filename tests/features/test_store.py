@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from features import store
-from features.engineering import build_feature_tables
+from features.contract import read_raw
+from features.engineering import build_feature_tables, table_glob
 from features.store import FeastPaths
 from features.views import VIEWS
 
@@ -41,12 +42,10 @@ def _retrieved_columns(paths, entities, service):
 
 
 def test_two_stores_on_two_data_dirs_in_one_process_do_not_interfere(pipeline_data, params, tmp_path):
-    import pandas as pd
-
     service = params.features.feature_service
     a = _store_on(tmp_path / "a", pipeline_data.raw, params, (1, 7))
     b = _store_on(tmp_path / "b", pipeline_data.raw, params, (3,))  # applied after a, same names
-    entities = pd.read_parquet(pipeline_data.raw / "impressions.parquet").head(500)
+    entities = read_raw(pipeline_data.raw, "impressions").head(500)
     cols_a, cols_b = _retrieved_columns(a, entities, service), _retrieved_columns(b, entities, service)
     assert {"user_activity__clicks_1d", "user_activity__clicks_7d"} <= cols_a
     assert "user_activity__clicks_3d" not in cols_a
@@ -54,7 +53,7 @@ def test_two_stores_on_two_data_dirs_in_one_process_do_not_interfere(pipeline_da
     for paths in (a, b):
         fs = store.open_store(paths)
         assert {v.batch_source.path for v in fs.list_feature_views()} == {
-            str(paths.tables / f"{v.name}.parquet") for v in VIEWS}
+            str(table_glob(paths.tables, v.name)) for v in VIEWS}
         store.materialize(paths)
         assert paths.online.exists() and paths.registry.exists()
     assert _retrieved_columns(a, entities, service) == cols_a  # still a's after b's materialize

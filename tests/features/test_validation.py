@@ -77,12 +77,13 @@ def test_drift_against_the_accepted_reference_and_no_reference_update_on_failure
     first = validate_training_set(ts_dir, out, params.task_graph, cfg)
     assert first.success and first.drift_reference is None
     reference = json.loads((out / "reference.json").read_text())
-    assert "user_activity__click_rate_7d" in reference["means"]
+    assert "user_activity__click_rate_7d" in reference["partitions"]
     # Same data again: drift checks run against the accepted reference and pass.
     second = validate_training_set(ts_dir, out, params.task_graph, cfg)
     assert second.success and second.evaluated > first.evaluated
-    # Shift a feature's mean by several std-devs: the drift check fails, the run raises, and the
-    # reference is left as it was (a rejected set never becomes the baseline).
+    reference = json.loads((out / "reference.json").read_text())  # every accepted set moves it
+    # Scale a feature x10: its drift check fails, the run raises, and the reference is left as it was
+    # (a rejected set never becomes the baseline).
     drifted = tmp_path / "drifted"
     drifted.mkdir()
     for s in ("train", "validation", "test"):

@@ -16,6 +16,7 @@ from features.engineering import (
     build_feature_tables,
     profile_fills,
     profile_table,
+    table_glob,
 )
 from features.store import FeastPaths
 from features.training_set import UNKNOWN_ID, build_training_set
@@ -71,7 +72,7 @@ def test_the_extra_view_is_applied_and_served_by_the_named_service(extended):
     assert served == ["user_profile", "item_profile", "user_activity", "item_activity", "item_reach"]
     view = fs.get_feature_view("item_reach")
     assert view.tags == {"kind": "activity"} and view.entities == ["item"]
-    assert view.batch_source.path == str(extended.feast.tables / "item_reach.parquet")
+    assert view.batch_source.path == str(table_glob(extended.feast.tables, "item_reach"))
 
 
 @pytest.mark.e2e

@@ -7,16 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
 from typer.testing import CliRunner
 
-from features.contract import FunnelDataset, write_dataset
+from features.contract import FunnelDataset, raw_days, read_raw, write_dataset
 from features.validation import ValidationFailed
 from flows import steps
 from flows.cli import app
-from flows.params import REPO_ROOT
+from flows.params import REPO_ROOT, Paths, load_params
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -50,7 +49,8 @@ def test_ingest_bad_input_exits_with_a_clear_message(tmp_path, small_data):
     _one_line_failure(res.stderr)
     assert "impressions.parquet" in res.stderr and "conversion" in res.stderr and "funnel rule" in res.stderr
     assert str(imps.loc[row, "impression_id"]) in res.stderr
-    assert not (tmp_path / "data" / "raw").exists()
+    assert raw_days(tmp_path / "data" / "raw") == []  # the bad day is quarantined, nothing stored
+    assert len(list((tmp_path / "data" / "quarantine").glob("dt=*/reason.txt"))) == 1
 
 
 def test_generate_then_ingest(tmp_path):
@@ -60,7 +60,7 @@ def test_generate_then_ingest(tmp_path):
     assert not any("oracle" in p.name for p in (tmp_path / "generated").iterdir())
     res = _cli("ingest", data_dir=tmp_path)
     assert res.returncode == 0, res.stderr
-    assert len(pd.read_parquet(tmp_path / "raw" / "impressions.parquet")) == 3000
+    assert len(read_raw(tmp_path / "raw", "impressions")) == 3000
 
 
 def test_a_step_out_of_order_names_the_command_that_fixes_it(tmp_path):
@@ -75,6 +75,11 @@ def test_a_refused_gate_is_one_line_naming_the_failed_check(tmp_path):
     (tmp_path / "evaluation" / "metrics.json").write_text(json.dumps({"click/auc": 0.5}))
     (tmp_path / "champion").mkdir()
     (tmp_path / "champion" / "champion.json").write_text(json.dumps({"version": None, "metrics": {}}))
+    for rel, text in (("model/model.pt", "weights"), ("training_set/manifest.json", '{"data_hash": "d"}')):
+        (tmp_path / rel).parent.mkdir()  # what the blessing binds (flows.gate.CANDIDATE_KEYS)
+        (tmp_path / rel).write_text(text)
+    (tmp_path / "evaluation" / steps.EVALUATED).write_text(  # what `evaluate` records beside the metrics
+        json.dumps(steps._candidate(load_params(), Paths(tmp_path))))
     line = _one_line_failure(_invoke("gate", data_dir=tmp_path).stderr)
     assert "the gate refused the candidate" in line and "click/auc >= 0.6 (0.5)" in line
     assert "NOT BLESSED" in (tmp_path / "gate" / "blessing.md").read_text()

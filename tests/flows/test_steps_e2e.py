@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from features.contract import read_raw
 from flows import steps
 from flows.gate import GateFailed
 from flows.registry import Registry
@@ -27,6 +28,12 @@ def _cycle(params, paths):
 def _worse(params):
     """A model that barely trains: one epoch at a tiny learning rate."""
     return params.model_copy(update={"train": params.train.model_copy(update={"epochs": 1, "lr": 1e-6})})
+
+
+def _reseeded(params):
+    """Another seed, judged on the absolute bounds only: a different model that the gate blesses."""
+    return params.model_copy(update={"train": params.train.model_copy(update={"seed": 8}),
+                                     "gate": params.gate.model_copy(update={"change": []})})
 
 
 def test_full_cycle_then_gate_blocks_worse_and_passes_better(fresh_data, fast_params):
@@ -60,8 +67,11 @@ def test_full_cycle_then_gate_blocks_worse_and_passes_better(fresh_data, fast_pa
         steps.promote(worse, paths)
     assert reg.champion()["version"] == "v0001"
 
-    # The same config as the champion, retrained: within the change bounds, so it is blessed.
-    second = _cycle(fast_params, paths)
+    # The same config as the champion, retrained: blessed, but the very same model is not promoted again.
+    same = _cycle(fast_params, paths)
+    assert same["champion"] == "v0001" and same["promoted"] is False and reg.list_versions() == ["v0001"]
+    # Another seed, judged on the absolute bounds only: a new version, and rollback returns to v0001.
+    second = _cycle(_reseeded(fast_params), paths)
     assert second["champion"] == "v0002" and second["previous"] == "v0001"
     assert steps.rollback(fast_params, paths)["champion"] == "v0001"
 
@@ -70,11 +80,12 @@ def test_crash_between_export_and_promotion_leaves_old_champion_serving(fresh_da
     paths = fresh_data
     _cycle(fast_params, paths)
     pointer = (paths.registry / "champion.json").read_text()
-    steps.train(fast_params, paths, progress=False)
-    steps.evaluate(fast_params, paths)
-    steps.score_champion(fast_params, paths)
-    steps.gate(fast_params, paths)
-    steps.export(fast_params, paths)
+    other = _reseeded(fast_params)  # another model: the champion's own would not be promoted again
+    steps.train(other, paths, progress=False)
+    steps.evaluate(other, paths)
+    steps.score_champion(other, paths)
+    steps.gate(other, paths)
+    steps.export(other, paths)
     replace = os.replace
 
     def crash(src, dst):  # any rename inside the registry's versions: the staging of the new version
@@ -84,7 +95,7 @@ def test_crash_between_export_and_promotion_leaves_old_champion_serving(fresh_da
 
     monkeypatch.setattr("models.atomic.os.replace", crash)
     with pytest.raises(OSError, match="injected"):
-        steps.promote(fast_params, paths)
+        steps.promote(other, paths)
     monkeypatch.undo()
     assert (paths.registry / "champion.json").read_text() == pointer
     assert Registry(paths.registry).list_versions() == ["v0001"]
@@ -101,7 +112,7 @@ def test_predict_writes_the_contract_layout(fresh_data, fast_params, tmp_path, s
     paths = fresh_data
     _cycle(fast_params, paths)
     test = pd.read_parquet(paths.training_set / "test.parquet")
-    raw_cols = pd.read_parquet(paths.raw / "impressions.parquet").columns
+    raw_cols = read_raw(paths.raw, "impressions").columns
     (tmp_path / "in").mkdir()
     test[raw_cols].drop(columns=["click", "conversion", "value"]).to_parquet(tmp_path / "in" / "impressions.parquet")
     steps.predict(fast_params, paths, tmp_path / "in", tmp_path / "preds.parquet")

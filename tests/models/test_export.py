@@ -5,7 +5,7 @@ import pytest
 from conftest import make_funnel, model_config
 
 from models.config import ExportConfig
-from models.export import OnnxScorer, export_onnx
+from models.export import BundleError, OnnxScorer, export_onnx, read_bundle, sha256_file
 from models.tasks import DEFAULT_FUNNEL
 from models.train import predict_frame, train_model
 
@@ -58,7 +58,33 @@ def test_tampered_onnx_is_rejected(trained, tmp_path):
     export_onnx(trained / "esmm", tmp_path / "b", sample, ExportConfig())
     with open(tmp_path / "b" / "model.onnx", "ab") as f:
         f.write(b"\0")
-    with pytest.raises(ValueError, match="sha256"):
+    with pytest.raises(BundleError, match=r"model\.onnx does not match the sha256 in bundle\.json"):
+        OnnxScorer(tmp_path / "b")
+
+
+def test_every_bundle_file_is_checksummed_and_the_source_model_recorded(trained, tmp_path):
+    """bundle.json names the model.pt it came from and the sha256 of each other file; a changed
+    preprocess.json (vocabularies, standardisation) is refused like a changed ONNX graph."""
+    sample, _ = make_funnel(64, seed=4)
+    export_onnx(trained / "esmm", tmp_path / "b", sample, ExportConfig())
+    meta = read_bundle(tmp_path / "b")
+    assert meta["model_sha256"] == sha256_file(trained / "esmm" / "model.pt")
+    assert sorted(meta["files"]) == ["model.onnx", "preprocess.json"]
+    pre = tmp_path / "b" / "preprocess.json"
+    pre.write_text(pre.read_text().replace("0", "1", 1))
+    with pytest.raises(BundleError, match=r"preprocess\.json does not match"):
+        OnnxScorer(tmp_path / "b")
+    pre.unlink()
+    with pytest.raises(BundleError, match=r"listed in bundle\.json but missing"):
+        OnnxScorer(tmp_path / "b")
+
+
+def test_a_bundle_without_checksums_is_refused(trained, tmp_path):
+    sample, _ = make_funnel(64, seed=4)
+    export_onnx(trained / "esmm", tmp_path / "b", sample, ExportConfig())
+    meta = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    (tmp_path / "b" / "bundle.json").write_text(json.dumps({**meta, "format_version": 1, "files": {}}))
+    with pytest.raises(BundleError, match=r"without file checksums.*export again"):
         OnnxScorer(tmp_path / "b")
 
 
