@@ -11,12 +11,17 @@ it (a local server and process worker, as the cron schedule would). Along the wa
   replaces that day only, and the loop recovers;
 - on ``--empty-day`` the partition arrives with no impressions: ingest quarantines it, the run fails,
   the champion stays;
+- when validation reports drift on a day whose data is good (the concept drift), the operator accepts it
+  the documented way (`funnelflow validate --accept-drift REASON`, recorded in the drift log) and the day's
+  run is triggered again;
 - the champion of ``--frozen-day`` is kept aside: per day, both it and the day's champion score that
   day's impressions (click AUC, point-in-time features from the day's training set, onnxruntime);
 - at the end, a rollback to the version before the champion.
 
-Prints one line per day (run state, champion, AUCs) and a summary table; ``--plot`` draws per-day click
-AUC of the daily champion against the frozen model.
+Prints one line per day (run state, champion, AUCs) and a summary table, also written to days.json in
+the work dir (beside deployed.txt and stopped.json: what was deployed, which PIDs were stopped).
+``--plot`` draws per-day click AUC of the daily champion against the frozen model. Run it in its own
+process: it points this process's Prefect settings at the local server it starts.
 """
 from __future__ import annotations
 
@@ -24,6 +29,8 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,9 +58,13 @@ def _params(args: argparse.Namespace, work: Path) -> Path:
     """params.yaml of the simulation: the repo's, with the generator and training sized for a daily loop."""
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["generate"].update({"rows": args.rows_per_day * args.days, "days": args.days,
-                            "drift_from_day": args.drift_from_day})
+                            "drift_from_day": args.drift_from_day or None})
     raw["split"]["window_days"] = args.window_days
     raw["train"].update({"epochs": args.epochs, "batch_size": 512, "lr": 0.005})
+    if args.min_click_auc is not None:  # small test runs: a noisy test set, so a looser first bar
+        raw["gate"]["absolute"] = [{"metric": "click/auc", "op": ">=", "value": args.min_click_auc}]
+    if args.no_change_bounds:  # every good day's candidate is promoted: the test sees versions move
+        raw["gate"]["change"] = []
     out = work / "params.yaml"
     out.write_text(yaml.safe_dump(raw, sort_keys=False))
     return out
@@ -102,6 +113,17 @@ def day_auc(data: Path, version_dir: Path | None, date: str) -> float | None:
     return float(roc_auc_score(rows["click"], preds["p_click"]))
 
 
+def _cli(params_path: Path, data: Path, *args: str) -> str:
+    """An operator's `funnelflow` command on the simulation's data dir; its stdout."""
+    cmd = [sys.executable, "-m", "flows.cli", "--params", str(params_path), "--data-dir", str(data), *args]
+    return subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True).stdout
+
+
+def accept_drift(params_path: Path, data: Path, reason: str) -> None:
+    """What the operator does on a drift report of good data: accept it, with the reason on record."""
+    _cli(params_path, data, "validate", "--accept-drift", reason)
+
+
 def simulate(args: argparse.Namespace, work: Path) -> list[Day]:
     """Generate, then land and retrain day by day through the Prefect deployment."""
     from flows import steps
@@ -120,7 +142,7 @@ def simulate(args: argparse.Namespace, work: Path) -> list[Day]:
     os.environ["FUNNELFLOW_PREFECT_RUN_DIR"] = str(work / "prefect")
     lp.start(port=lp.free_port())
     try:
-        lp.deploy()
+        (work / "deployed.txt").write_text(lp.deploy())
         for i in range(args.history_days, args.days + 1):
             date = dates[i - 1]
             event = ("labels flipped" if i == args.bad_day else "empty partition" if i == args.empty_day
@@ -129,20 +151,23 @@ def simulate(args: argparse.Namespace, work: Path) -> list[Day]:
             if i == args.bad_day + 1:
                 land(future, landing, dates[args.bad_day - 1])  # the provider's corrected delivery
             run = lp.trigger({"params_path": str(params_path), "data_dir": str(data), "source": str(landing)})
+            if run["state"] != "COMPLETED" and "drift in" in (run["message"] or "") and i != args.bad_day:
+                accept_drift(params_path, data, f"day {i}: the behaviour changed, the data is right")
+                event = (event + "; " if event else "") + "drift accepted"
+                run = lp.trigger({"params_path": str(params_path), "data_dir": str(data), "source": str(landing)})
             champ = registry.champion()
             if i == args.frozen_day and champ is not None:
                 frozen = registry.versions / champ["version"]
-            ok = run["state"] == "COMPLETED"
+            scored = i != args.bad_day  # flipped labels say nothing of a model; a refused candidate's day does
             champ_dir = registry.champion_dir()
             days.append(Day(i, date, event, run["state"] or "?", champ["version"] if champ else None,
-                            day_auc(data, champ_dir, date) if ok else None,
-                            day_auc(data, frozen, date) if ok else None))
+                            day_auc(data, champ_dir, date) if scored else None,
+                            day_auc(data, frozen, date) if scored else None))
             print(json.dumps(asdict(days[-1])), flush=True)
-        before = registry.champion()
-        rolled = registry.rollback()
-        print(f"rollback: {before and before['version']} -> {rolled['version']}", flush=True)
+        rolled = _cli(params_path, data, "rollback")  # the operator's rollback to the previous version
+        print(f"rollback: {rolled.strip()}", flush=True)
     finally:
-        lp.stop()
+        (work / "stopped.json").write_text(json.dumps(lp.stop()))  # the PIDs it stopped
     return days
 
 
@@ -164,7 +189,7 @@ def plot(days: list[Day], out: Path, drift_from_day: int | None, frozen_day: int
             ax.axvline(d.day, color="tab:red", alpha=0.3)
     ax.set_xlabel("simulated day")
     ax.set_ylabel("click AUC on the day's impressions")
-    ax.set_title("Daily retraining vs a frozen model (red: run refused, champion kept)")
+    ax.set_title("Daily retraining vs a frozen model (red: run refused by data checks or gate, champion kept)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -172,23 +197,31 @@ def plot(days: list[Day], out: Path, drift_from_day: int | None, frozen_day: int
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Parse the arguments, simulate, print the table and draw the plot."""
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The simulation's settings."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--days", type=int, default=45)
     ap.add_argument("--history-days", type=int, default=15, help="days landed before the first daily run")
-    ap.add_argument("--drift-from-day", type=int, default=30)
+    ap.add_argument("--drift-from-day", type=int, default=30, help="0: no drift")
     ap.add_argument("--frozen-day", type=int, default=15)
     ap.add_argument("--bad-day", type=int, default=20)
     ap.add_argument("--empty-day", type=int, default=25)
     ap.add_argument("--rows-per-day", type=int, default=4000)
     ap.add_argument("--window-days", type=int, default=14)
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--min-click-auc", type=float, default=None, help="replace the gate's absolute bounds")
+    ap.add_argument("--no-change-bounds", action="store_true", help="drop the gate's bounds against the champion")
     ap.add_argument("--work-dir", type=Path, default=None)
     ap.add_argument("--plot", type=Path, default=None)
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Simulate, print the table and draw the plot."""
+    args = parse_args(argv)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="funnelflow-days-"))
     days = simulate(args, work)
+    (work / "days.json").write_text(json.dumps([asdict(d) for d in days], indent=1))
     print(pd.DataFrame([asdict(d) for d in days]).to_markdown(index=False, floatfmt=".4f"))
     if args.plot:
         plot(days, args.plot, args.drift_from_day, args.frozen_day)
