@@ -143,6 +143,8 @@ def simulate(args: argparse.Namespace, work: Path) -> list[Day]:
     lp.start(port=lp.free_port())
     try:
         (work / "deployed.txt").write_text(lp.deploy())
+        # The simulation triggers each day itself; the real 03:00 cron would add a run on the defaults.
+        lp.pause_schedules()
         for i in range(args.history_days, args.days + 1):
             date = dates[i - 1]
             event = ("labels flipped" if i == args.bad_day else "empty partition" if i == args.empty_day

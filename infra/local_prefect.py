@@ -107,6 +107,11 @@ def deploy() -> str:
     return _prefect("--no-prompt", "deploy", "--prefect-file", str(REPO / "infra" / "prefect.yaml"), "--all").stdout
 
 
+def pause_schedules() -> None:
+    """Pause the deployment's cron schedule (runs are then only those triggered)."""
+    _prefect("deployment", "schedule", "pause", DEPLOYMENT, "--all")
+
+
 def trigger(parameters: dict | None = None, timeout: float = 900) -> dict:
     """Run the deployment now (what the cron schedule does daily) and wait for a final state."""
     os.environ.update({k: v for k, v in env().items() if k.startswith("PREFECT_")})
