@@ -191,7 +191,8 @@ def plot(days: list[Day], out: Path, drift_from_day: int | None, frozen_day: int
             ax.axvline(d.day, color="tab:red", alpha=0.3)
     ax.set_xlabel("simulated day")
     ax.set_ylabel("click AUC on the day's impressions")
-    ax.set_title("Daily retraining vs a frozen model (red: run refused by data checks or gate, champion kept)")
+    ax.set_title("Daily champion vs a frozen model\n(red line: run refused by the data checks or the gate; "
+                 "champion kept)", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
