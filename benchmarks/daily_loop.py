@@ -140,6 +140,7 @@ def simulate(args: argparse.Namespace, work: Path) -> list[Day]:
         land(future, landing, date)
     registry, frozen, days = Registry(data / "registry"), None, []
     os.environ["FUNNELFLOW_PREFECT_RUN_DIR"] = str(work / "prefect")
+    os.environ["PREFECT_WORKER_QUERY_SECONDS"] = "1"  # a run triggered is picked up at once (default: 10 s)
     lp.start(port=lp.free_port())
     try:
         (work / "deployed.txt").write_text(lp.deploy())
@@ -152,11 +153,12 @@ def simulate(args: argparse.Namespace, work: Path) -> list[Day]:
             land(future, landing, date, {args.bad_day: "flipped", args.empty_day: "empty"}.get(i))
             if i == args.bad_day + 1:
                 land(future, landing, dates[args.bad_day - 1])  # the provider's corrected delivery
-            run = lp.trigger({"params_path": str(params_path), "data_dir": str(data), "source": str(landing)})
+            day_run = {"params_path": str(params_path), "data_dir": str(data), "source": str(landing)}
+            run = lp.trigger(day_run, poll_interval=1)
             if run["state"] != "COMPLETED" and "drift in" in (run["message"] or "") and i != args.bad_day:
                 accept_drift(params_path, data, f"day {i}: the behaviour changed, the data is right")
                 event = (event + "; " if event else "") + "drift accepted"
-                run = lp.trigger({"params_path": str(params_path), "data_dir": str(data), "source": str(landing)})
+                run = lp.trigger(day_run, poll_interval=1)
             champ = registry.champion()
             if i == args.frozen_day and champ is not None:
                 frozen = registry.versions / champ["version"]

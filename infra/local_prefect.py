@@ -108,17 +108,18 @@ def deploy() -> str:
 
 
 def pause_schedules() -> None:
-    """Pause the deployment's cron schedule (runs are then only those triggered)."""
-    _prefect("deployment", "schedule", "pause", DEPLOYMENT, "--all")
+    """Pause the cron schedules of the local server's deployments (runs are then only those triggered)."""
+    _prefect("--no-prompt", "deployment", "schedule", "pause", "--all")
 
 
-def trigger(parameters: dict | None = None, timeout: float = 900) -> dict:
+def trigger(parameters: dict | None = None, timeout: float = 900, poll_interval: float = 5) -> dict:
     """Run the deployment now (what the cron schedule does daily) and wait for a final state."""
     os.environ.update({k: v for k, v in env().items() if k.startswith("PREFECT_")})
     from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
 
-    run = cast(FlowRun, run_deployment(DEPLOYMENT, parameters=parameters or {}, timeout=timeout))  # sync here
+    run = cast(FlowRun, run_deployment(DEPLOYMENT, parameters=parameters or {}, timeout=timeout,
+                                        poll_interval=poll_interval))  # sync here
     return {"id": str(run.id), "state": run.state.type.value if run.state else None,
             "message": run.state.message if run.state else None}
 
