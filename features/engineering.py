@@ -41,6 +41,7 @@ from pydantic import ValidationError
 
 from features.contract import PARTITIONS, TABLES, MissingInput, raw_manifest, read_raw, require_input
 from models.atomic import atomic_dir, atomic_file, write_text
+from models.digest import sha256_file
 from models.strict import Strict
 from models.tasks import TaskGraph
 
@@ -380,17 +381,13 @@ def read_table(tables_dir: Path | str, name: str) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
 
 
-def _file_sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _source_sha(fn: Callable) -> str:
     """The content hash of the file that defines ``fn``: a change to a builder or its helpers rebuilds."""
     try:
         path = inspect.getsourcefile(inspect.unwrap(fn))
     except TypeError:
         path = None
-    return _file_sha(Path(path)) if path else repr(fn)
+    return sha256_file(Path(path)) if path else repr(fn)
 
 
 def _config_sha(tasks: TaskGraph, cfg: FeatureConfig, views: Views) -> str:
@@ -593,7 +590,7 @@ def _write_view(view: View, frames: dict[int, pd.DataFrame], scope: set[int], in
         with atomic_file(path) as tmp:
             frame.to_parquet(tmp, index=False, coerce_timestamps="us")
         ts = frame["event_timestamp"]
-        parts[plan.day(i)] = PartitionMeta(rows=len(frame), sha256=_file_sha(path),
+        parts[plan.day(i)] = PartitionMeta(rows=len(frame), sha256=sha256_file(path),
                                            time_range=(ts.min().to_pydatetime(), ts.max().to_pydatetime()))
     sample = next((f for f in frames.values() if not f.empty), None)
     if sample is not None:
@@ -607,7 +604,7 @@ def _write_view(view: View, frames: dict[int, pd.DataFrame], scope: set[int], in
         path = view_dir(folder, view.name) / DAY_FILE.format(plan.day(0))
         with atomic_file(path) as tmp:
             sample.iloc[:0].to_parquet(tmp, index=False, coerce_timestamps="us")
-        parts[plan.day(0)] = PartitionMeta(rows=0, sha256=_file_sha(path), time_range=None)
+        parts[plan.day(0)] = PartitionMeta(rows=0, sha256=sha256_file(path), time_range=None)
     parts = dict(sorted(parts.items()))
     ranges = [p.time_range for p in parts.values() if p.time_range is not None]
     span = (min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else None

@@ -43,7 +43,7 @@ def _fingerprint(path: Path) -> str:
     """The name and sha256 of every file under ``path``: the same bytes rewritten keep the key, other
     bytes of the same size and mtime change it. Bytecode caches are skipped: they appear when a module is
     first imported (often inside a step, after its key was taken) and derive from the sources anyway."""
-    from models.export import sha256_file
+    from models.digest import sha256_file
 
     if not path.exists():
         return "missing"

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from models.atomic import atomic_dir, write_json, write_text
+from models.digest import sha256_file
 
 POINTER = "champion.json"
 HISTORY = "history.jsonl"
@@ -52,12 +53,6 @@ def git_commit(repo: Path) -> str | None:
     return out.stdout.strip() + ("-dirty" if dirty else "")
 
 
-def _sha256(path: Path) -> str:
-    from models.export import sha256_file  # torch-heavy module: only when a version is checked
-
-    return sha256_file(path)
-
-
 def _check(d: Path) -> None:
     """release.json's anchor (bundle.json's sha256), its records' sha256, then every bundle file.
 
@@ -74,7 +69,7 @@ def _check(d: Path) -> None:
                             "version") from None
     for name, digest in expected.items():
         path = d / name
-        if not digest or not path.is_file() or _sha256(path) != digest:
+        if not digest or not path.is_file() or sha256_file(path) != digest:
             raise RegistryError(f"{path} does not match the sha256 in {d / RELEASE} (changed, missing or "
                                 "promoted before checksums): roll back to an intact version")
     try:
@@ -213,8 +208,8 @@ class Registry:
                 shutil.copy2(src, staging / name)
             write_json(staging / RELEASE, {
                 "version": version, "previous": before, **release,
-                "bundle_sha256": _sha256(staging / BUNDLE_FILE),
-                "records": {name: _sha256(staging / name) for name in sorted(records)}})
+                "bundle_sha256": sha256_file(staging / BUNDLE_FILE),
+                "records": {name: sha256_file(staging / name) for name in sorted(records)}})
             _check(staging)  # what serving will check, before anything can point at it
             if verify is not None:
                 verify(staging)

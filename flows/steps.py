@@ -239,7 +239,7 @@ def score_champion(params: Params, paths: Paths) -> dict:
     against, so a rerun after its promotion decides the same (and a no-op ``dvc repro`` stops here).
     """
     from flows.registry import Registry
-    from models.export import sha256_file
+    from models.digest import sha256_file
 
     model = _model_file(paths)
     stages.require(paths, model)
@@ -304,7 +304,7 @@ def _candidate(params: Params, paths: Paths) -> dict[str, str]:
     """What a blessing binds, from what is on disk now: model.pt's sha256, the training set's data hash
     and the params hash (flows.gate.CANDIDATE_KEYS)."""
     from flows.params import params_hash
-    from models.export import sha256_file
+    from models.digest import sha256_file
 
     manifest = paths.training_set / "manifest.json"
     stages.require(paths, _model_file(paths), manifest)

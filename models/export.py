@@ -12,7 +12,6 @@ record why in bundle.json (``exporter``, ``fallback_reason``).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -26,6 +25,7 @@ from torch import Tensor, nn
 
 from models.atomic import atomic_dir
 from models.config import ExportConfig
+from models.digest import sha256_file
 from models.networks import FunnelNet, prediction_columns
 from models.preprocess import Preprocessor
 from models.tasks import TaskGraph
@@ -78,15 +78,6 @@ def _export(module: nn.Module, args: tuple[Tensor, Tensor], path: Path, names: l
         return "torchscript", reason
     finally:
         quiet.setLevel(level)
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes (bundle checksums, release records)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _session(path: Path, threads: int = 2):

@@ -5,7 +5,8 @@ import pytest
 from conftest import make_funnel, model_config
 
 from models.config import ExportConfig
-from models.export import BundleError, OnnxScorer, export_onnx, read_bundle, sha256_file
+from models.digest import sha256_file
+from models.export import BundleError, OnnxScorer, export_onnx, read_bundle
 from models.tasks import DEFAULT_FUNNEL
 from models.train import predict_frame, train_model
 
