@@ -37,6 +37,12 @@ TABLES = {"impressions": "impression_id", "users": "user_id", "items": "item_id"
 PROFILES = ("users", "items")  # tables a day partition may leave out (no profile changes that day)
 MAX_SHOWN_ROWS = 5
 PARTITIONS = "partitions.json"
+QUARANTINED = "quarantined.json"  # in the quarantine folder: each bad day's reason and content hash
+# Plausible impression and profile times: 1970 is a null sentinel, a far-future time a unit or clock error.
+EARLIEST = pd.Timestamp("2000-01-01", tz="UTC")
+FUTURE_SLACK = pd.Timedelta(days=1)
+# Letters, digits, single underscores: Feast names a feature <view>__<column>, so "__" would be ambiguous.
+_NAME = re.compile(r"[A-Za-z0-9]+(_[A-Za-z0-9]+)*_?")
 DAY_PREFIX = "dt="
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 log = logging.getLogger("funnelflow")
@@ -109,7 +115,8 @@ def _table_path(root: Path, name: str) -> Path:
     raise ContractError(str(root / f"{name}.parquet"), "-", "file (or folder of Parquet parts) is missing")
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+def read_table(path: Path) -> pd.DataFrame:
+    """A Parquet file or folder of parts; ``ContractError`` if unreadable."""
     try:
         return pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises many types for corrupt files
@@ -121,7 +128,7 @@ def read_dataset(root: Path | str) -> FunnelDataset:
     root = Path(root)
     if not root.is_dir():
         raise ContractError(str(root), "-", "dataset folder does not exist")
-    return FunnelDataset(**{name: _read_table(_table_path(root, name)) for name in TABLES})
+    return FunnelDataset(**{name: read_table(_table_path(root, name)) for name in TABLES})
 
 
 def _fail_if(mask: np.ndarray | pd.Series, df: pd.DataFrame, file: str, column: str, rule: str,
@@ -129,6 +136,16 @@ def _fail_if(mask: np.ndarray | pd.Series, df: pd.DataFrame, file: str, column: 
     mask = np.asarray(mask, dtype=bool)
     if mask.any():
         raise ContractError(file, column, rule, df.loc[mask, [c for c in show if c in df.columns]])
+
+
+def _check_names(df: pd.DataFrame, file: str) -> None:
+    dup = df.columns[df.columns.duplicated()]
+    if len(dup):
+        raise ContractError(file, str(dup[0]), "column names must be unique: drop or rename the copies")
+    for col in df.columns:
+        if not isinstance(col, str) or not _NAME.fullmatch(col):
+            raise ContractError(file, str(col), "column name must be letters, digits and single underscores "
+                                "('__' is reserved for Feast's <view>__<feature> names): rename the column")
 
 
 def _check_key_and_time(df: pd.DataFrame, file: str, key: str) -> None:
@@ -142,6 +159,12 @@ def _check_key_and_time(df: pd.DataFrame, file: str, key: str) -> None:
     if not isinstance(ts.dtype, pd.DatetimeTZDtype) or str(ts.dtype.tz) not in ("UTC", "utc"):
         raise ContractError(file, "event_timestamp", f"must be a UTC timestamp (tz-aware), found {ts.dtype}")
     _fail_if(ts.isna(), df, file, "event_timestamp", "must not be null", [key, "event_timestamp"])
+    _fail_if(ts.dt.nanosecond != 0, df, file, "event_timestamp",
+             "sub-microsecond precision would be lost: round the timestamps to microseconds", [key, "event_timestamp"])
+    latest = pd.Timestamp.now(tz="UTC") + FUTURE_SLACK
+    _fail_if((ts < EARLIEST) | (ts > latest), df, file, "event_timestamp",
+             f"must lie between {EARLIEST:%Y-%m-%d} and tomorrow (UTC): 1970 or a far-future time is a null "
+             "sentinel or a unit error; fix or drop those rows", [key, "event_timestamp"])
 
 
 def _check_feature_columns(df: pd.DataFrame, file: str, reserved: set[str]) -> pd.DataFrame:
@@ -155,6 +178,8 @@ def _check_feature_columns(df: pd.DataFrame, file: str, reserved: set[str]) -> p
             _fail_if(df[col].isna(), df, file, col, "categorical id must not be null", [col])
             out[col] = df[col].astype(np.int64)
         elif pd.api.types.is_float_dtype(dtype):
+            _fail_if(np.isinf(df[col].to_numpy(np.float64)), df, file, col,
+                     "numeric value must be finite: replace inf with null (missing) or a finite value", [col])
             out[col] = df[col].astype(np.float64)
         else:
             raise ContractError(file, col, f"must be int64 (categorical) or float64 (numeric), found {dtype}")
@@ -178,6 +203,8 @@ def _check_labels(df: pd.DataFrame, file: str, tasks: TaskGraph) -> pd.DataFrame
             if not pd.api.types.is_numeric_dtype(y):
                 raise ContractError(file, t.column, f"regression label must be float64, found {y.dtype}")
             _fail_if(y < 0, df, file, t.column, "value must not be negative", ["impression_id", t.column])
+            _fail_if(~np.isfinite(y.to_numpy(np.float64)), df, file, t.column, "value must be finite (inf found)",
+                     ["impression_id", t.column])
             out[t.column] = y.astype(np.float64)
     df = df.assign(**out)
     for t in tasks.tasks:
@@ -190,10 +217,14 @@ def _check_labels(df: pd.DataFrame, file: str, tasks: TaskGraph) -> pd.DataFrame
     return df
 
 
-def check_table(name: str, df: pd.DataFrame, tasks: TaskGraph, file: str) -> pd.DataFrame:
-    """Every contract rule of one table; returns it with dtypes normalised (int64 ids, int8 labels...)."""
+def check_table(name: str, df: pd.DataFrame, tasks: TaskGraph | None, file: str) -> pd.DataFrame:
+    """Every contract rule of one table; returns it with dtypes normalised (int64 ids, int8 labels...).
+
+    ``tasks`` None: impressions to score, without labels (``check_scoring_input``).
+    """
     key = TABLES[name]
     keys = {key} | ({"user_id", "item_id"} if name == "impressions" else set())
+    _check_names(df, file)
     for k in sorted(keys - {key}):
         if k not in df.columns:
             raise ContractError(file, k, "required column is missing")
@@ -201,15 +232,16 @@ def check_table(name: str, df: pd.DataFrame, tasks: TaskGraph, file: str) -> pd.
             raise ContractError(file, k, f"must be int64, found {df[k].dtype}")
         _fail_if(df[k].isna(), df, file, k, "must not be null", [key, k])
     _check_key_and_time(df, file, key)
+    labels = set(tasks.names) if name == "impressions" and tasks is not None else set()
     if name == "impressions":
         dup = df[key].duplicated(keep=False)
         _fail_if(dup, df, file, key, "impression_id must be unique", [key, "event_timestamp"])
-        df = _check_labels(df, file, tasks)
+        if tasks is not None:
+            df = _check_labels(df, file, tasks)
     else:
         dup = df.duplicated([key, "event_timestamp"], keep=False)
         _fail_if(dup, df, file, key, "one row per (key, event_timestamp)", [key, "event_timestamp"])
-    reserved = keys | {"event_timestamp"} | (set(tasks.names) if name == "impressions" else set())
-    df = _check_feature_columns(df, file, reserved)
+    df = _check_feature_columns(df, file, keys | {"event_timestamp"} | labels)
     df = df.astype({k: np.int64 for k in keys}).astype({"event_timestamp": "datetime64[us, UTC]"})
     return df.reset_index(drop=True)
 
@@ -218,6 +250,24 @@ def check_dataset(ds: FunnelDataset, tasks: TaskGraph, source: str = "") -> Funn
     """Every contract rule; returns the dataset with dtypes normalised (int64 ids, int8 labels...)."""
     return FunnelDataset(**{name: check_table(name, df, tasks, f"{source}/{name}.parquet" if source else
                                               f"{name}.parquet") for name, df in ds.tables().items()})
+
+
+def check_scoring_input(df: pd.DataFrame, file: str, categorical: Sequence[str], numeric: Sequence[str]
+                        ) -> pd.DataFrame:
+    """Impressions to score: the impressions rules without labels, at least one row, and the context
+    columns the model reads (``categorical``: int64 ids, ``numeric``: float64); other columns go."""
+    if df.empty:
+        raise ContractError(file, "-", "no impressions to score: pass a file with at least one row")
+    keys = ["impression_id", "event_timestamp", "user_id", "item_id"]
+    context = [c for c in dict.fromkeys([*categorical, *numeric]) if c not in keys]
+    for col in [*keys, *context]:
+        if col not in df.columns:
+            raise ContractError(file, col, "required column is missing (the champion reads it): add it")
+    for col in categorical:
+        if col in context and not pd.api.types.is_integer_dtype(df[col]):
+            raise ContractError(file, col, f"must be int64 without nulls (a categorical id the champion reads), "
+                                f"found {df[col].dtype}")
+    return check_table("impressions", df[[*keys, *context]], None, file)
 
 
 def _write_parquet(df: pd.DataFrame, path: Path) -> None:
@@ -290,7 +340,7 @@ class Partition:
     def load(self) -> dict[str, pd.DataFrame]:
         """The day's tables (profiles absent that day are left out)."""
         if self.frames is None:
-            self.frames = {name: _read_table(path) for name, path in self.files.items()}
+            self.frames = {name: read_table(path) for name, path in self.files.items()}
         return self.frames
 
 
@@ -339,10 +389,21 @@ def source_partitions(source: Path | str) -> list[Partition]:
     return out
 
 
+@dataclass(frozen=True)
+class StoredDays:
+    """What a new day must agree with: the stored days' schemas, the impression ids of the other stored
+    days, and the profile keys (users, items) of the stored days before it."""
+
+    schemas: dict[str, pa.Schema]
+    impression_ids: np.ndarray
+    profile_keys: dict[str, np.ndarray]
+
+
 def check_partition(day: str, frames: dict[str, pd.DataFrame], tasks: TaskGraph, source: str,
-                    schemas: dict[str, pa.Schema], other_ids: np.ndarray) -> dict[str, pd.DataFrame]:
+                    stored: StoredDays) -> dict[str, pd.DataFrame]:
     """The contract on one day: every table's rules, impressions on that day only, at least one
-    impression, impression ids not used by another stored day, and the stored days' columns."""
+    impression, impression ids not used by another stored day, every user and item known by that day,
+    and the stored days' columns."""
     where = f"{source}/{DAY_PREFIX}{day}"
     if "impressions" not in frames:
         raise ContractError(f"{where}/impressions.parquet", "-", "file is missing (a day needs its impressions)")
@@ -353,16 +414,37 @@ def check_partition(day: str, frames: dict[str, pd.DataFrame], tasks: TaskGraph,
     _fail_if(day_of(imps["event_timestamp"]) != day, imps, file, "event_timestamp",
              f"impressions of partition {DAY_PREFIX}{day} must fall on {day} (UTC): move them to their day's "
              "partition", ["impression_id", "event_timestamp"])
-    _fail_if(np.isin(imps["impression_id"].to_numpy(), other_ids), imps, file, "impression_id",
+    _fail_if(np.isin(imps["impression_id"].to_numpy(), stored.impression_ids), imps, file, "impression_id",
              "impression_id already used by another stored day", ["impression_id", "event_timestamp"])
+    for name in PROFILES:
+        key = TABLES[name]
+        known = [stored.profile_keys.get(name, np.empty(0, np.int64))]
+        if name in checked:
+            known.append(checked[name][key].to_numpy())
+        _fail_if(~np.isin(imps[key].to_numpy(), np.concatenate(known)), imps, file, key,
+                 f"unknown {key}: no row in {name}.parquet of this day or an earlier stored day; send the "
+                 f"profile rows first", ["impression_id", "event_timestamp", key])
     for name, df in checked.items():
-        want = schemas.get(name)
-        got = _schema(df)
-        if want is not None and not got.equals(want):
-            raise ContractError(f"{where}/{name}.parquet", "-",
-                                f"columns {_cols(got)} differ from the stored days' {_cols(want)}: ingest with "
-                                "--new-lineage to start a new lineage with these columns")
+        if name in stored.schemas:
+            _check_schema(_schema(df), stored.schemas[name], f"{where}/{name}.parquet")
     return checked
+
+
+def _check_schema(got: pa.Schema, want: pa.Schema, file: str) -> None:
+    """The stored days' columns and types, the first difference named."""
+    if got.equals(want):
+        return
+    have, need = dict(zip(got.names, got.types, strict=True)), dict(zip(want.names, want.types, strict=True))
+    fix = "fix the day, or ingest with --new-lineage to start a new data set with these columns"
+    for col, typ in need.items():
+        if col not in have:
+            raise ContractError(file, col, f"column of the stored days is missing: {fix}")
+        if have[col] != typ:
+            raise ContractError(file, col, f"type {have[col]} differs from the stored days' {typ}: {fix}")
+    extra = [c for c in have if c not in need]
+    if extra:
+        raise ContractError(file, extra[0], f"column is not in the stored days: drop it, or {fix.split(', or ')[1]}")
+    raise ContractError(file, "-", f"columns are in another order than the stored days' ({_cols(want)}): reorder them")
 
 
 def _schema(df: pd.DataFrame) -> pa.Schema:
@@ -380,10 +462,10 @@ def _day_dir(raw_dir: Path | str, day: str) -> Path:
 
 
 def raw_manifest(raw_dir: Path | str) -> dict:
-    """partitions.json of the raw store: lineage, stored days and quarantined days (empty before ingest)."""
+    """partitions.json of the raw store: lineage and stored days (empty before ingest)."""
     path = Path(raw_dir) / PARTITIONS
     if not path.exists():
-        return {"lineage": None, "partitions": {}, "quarantined": {}}
+        return {"lineage": None, "partitions": {}}
     return json.loads(path.read_text())
 
 
@@ -431,12 +513,12 @@ def _new_lineage(reason: str) -> dict:
 
 
 class _Store:
-    """The raw store during one ingest: what is stored, the schemas and ids a new day must agree with."""
+    """The raw store during one ingest: what is stored, the schemas and keys a new day must agree with."""
 
     def __init__(self, raw_dir: Path, manifest: dict):
         self.raw_dir, self.manifest = raw_dir, manifest
         self._schemas: dict[str, pa.Schema] | None = None
-        self._ids: dict[str, np.ndarray] | None = None
+        self._keys: dict[str, dict[str, np.ndarray]] | None = None
 
     def schemas(self) -> dict[str, pa.Schema]:
         if self._schemas is None:
@@ -448,28 +530,37 @@ class _Store:
                         self._schemas[name] = pq.read_schema(f).remove_metadata()
         return self._schemas
 
-    def ids(self) -> dict[str, np.ndarray]:
-        if self._ids is None:
-            self._ids = {d: pq.read_table(_day_dir(self.raw_dir, d) / "impressions.parquet",
-                                          columns=["impression_id"])["impression_id"].to_numpy()
-                         for d in self.manifest["partitions"]}
-        return self._ids
+    def keys(self) -> dict[str, dict[str, np.ndarray]]:
+        """Per stored day, the key column of each table it holds (impression, user and item ids)."""
+        if self._keys is None:
+            self._keys = {}
+            for day in self.manifest["partitions"]:
+                files = {name: _day_dir(self.raw_dir, day) / f"{name}.parquet" for name in TABLES}
+                self._keys[day] = {name: pq.read_table(f, columns=[TABLES[name]])[TABLES[name]].to_numpy()
+                                   for name, f in files.items() if f.exists()}
+        return self._keys
 
-    def other_ids(self, day: str) -> np.ndarray:
-        others = [ids for d, ids in self.ids().items() if d != day]
-        return np.concatenate(others) if others else np.empty(0, np.int64)
+    def agreed(self, day: str) -> StoredDays:
+        """What ``day`` must agree with (the stored ``day`` itself left out: the new one replaces it)."""
+        keys = self.keys()
+        return StoredDays(self.schemas(), _concat([k["impressions"] for d, k in keys.items() if d != day]),
+                          {name: _concat([k[name] for d, k in keys.items() if d < day and name in k])
+                           for name in PROFILES})
 
     def store(self, day: str, tables: dict[str, pd.DataFrame], record: dict) -> None:
+        kept = {name: df for name, df in tables.items() if name == "impressions" or len(df)}
         with atomic_dir(_day_dir(self.raw_dir, day)) as tmp:
-            for name, df in tables.items():
-                if name == "impressions" or len(df):
-                    _write_parquet(df, tmp / f"{name}.parquet")
+            for name, df in kept.items():
+                _write_parquet(df, tmp / f"{name}.parquet")
         schemas = self.schemas()
-        for name, df in tables.items():
+        for name, df in kept.items():
             schemas.setdefault(name, _schema(df))
-        self.ids()[day] = tables["impressions"]["impression_id"].to_numpy()
+        self.keys()[day] = {name: df[TABLES[name]].to_numpy() for name, df in kept.items()}
         self.manifest["partitions"][day] = record
-        self.manifest["quarantined"].pop(day, None)
+
+
+def _concat(arrays: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(arrays) if arrays else np.empty(0, np.int64)
 
 
 def _quarantine(part: Partition, quarantine_dir: Path, reason: str) -> None:
@@ -484,56 +575,71 @@ def _quarantine(part: Partition, quarantine_dir: Path, reason: str) -> None:
         write_text(tmp / "reason.txt", reason + "\n")
 
 
+def quarantine_records(quarantine_dir: Path | str) -> dict[str, dict]:
+    """The quarantined days: per day its reason, content hash, source and time (empty when none)."""
+    path = Path(quarantine_dir) / QUARANTINED
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def ingest(source: Path | str, raw_dir: Path | str, tasks: TaskGraph, quarantine_dir: Path | str,
            new_lineage: str | None = None, label: str | None = None) -> dict:
     """Add a source's day partitions to the raw store, each checked against the contract on its own.
 
     Idempotent: a day whose content hash is stored is "unchanged" (not rewritten); a changed day
-    replaces that day only. A bad day goes to ``quarantine_dir/dt=DAY/`` with ``reason.txt`` and the
-    stored day stays; ``PartitionsQuarantined`` is raised after the good days are stored (a day
-    quarantined before with the same content is skipped with a warning). ``new_lineage`` (a reason)
-    empties the store first and starts a new lineage, as does a first ingest into an empty store.
-    ``label`` is the source name recorded (default: ``source``).
+    replaces that day only. A bad day goes to ``quarantine_dir/dt=DAY/`` with ``reason.txt`` (recorded in
+    ``quarantine_dir/quarantined.json``, not in the raw store) and the stored day stays;
+    ``PartitionsQuarantined`` is raised after the good days are stored (a day quarantined before with
+    the same content is skipped with a warning). ``new_lineage`` (a reason) replaces the store with the
+    source's days, as does a first ingest into an empty store; if no day is good, the store is left as
+    it was. ``label`` is the source name recorded (default: ``source``).
     """
     raw_dir, quarantine_dir, label = Path(raw_dir), Path(quarantine_dir), label or str(source)
     parts = source_partitions(source)
     if not parts:
         raise ContractError(str(source), "impressions", "source has no impressions")
-    old = raw_manifest(raw_dir)
+    old, old_bad = raw_manifest(raw_dir), quarantine_records(quarantine_dir)
     fresh = new_lineage is not None or old["lineage"] is None
-    manifest = ({"lineage": _new_lineage(new_lineage or f"first ingest of {label}"), "partitions": {},
-                 "quarantined": {}} if fresh else json.loads(json.dumps(old)))
+    manifest = ({"lineage": _new_lineage(new_lineage or f"first ingest of {label}"), "partitions": {}}
+                if fresh else json.loads(json.dumps(old)))
+    bad_days = json.loads(json.dumps(old_bad))
     store = _Store(raw_dir, manifest)
     result: dict = {"added": [], "replaced": [], "unchanged": [], "quarantined": {}}
     for part in parts:
-        stored, bad = manifest["partitions"].get(part.day), manifest["quarantined"].get(part.day)
+        stored, bad = manifest["partitions"].get(part.day), bad_days.get(part.day)
         if stored is not None and stored["sha256"] == part.sha256:
             result["unchanged"].append(part.day)
-            manifest["quarantined"].pop(part.day, None)  # the source is back to the stored (good) content
+            bad_days.pop(part.day, None)  # the source is back to the stored (good) content
             continue
-        if bad is not None and bad["sha256"] == part.sha256:
+        if not fresh and bad is not None and bad["sha256"] == part.sha256:
             log.warning("day %s: same content as when it was quarantined (%s); skipped", part.day, bad["reason"])
             continue
         try:
-            tables = check_partition(part.day, part.load(), tasks, label, store.schemas(), store.other_ids(part.day))
+            tables = check_partition(part.day, part.load(), tasks, label, store.agreed(part.day))
         except ContractError as err:
             reason = " | ".join(" ".join(line.split()) for line in str(err).splitlines() if line.strip())
             _quarantine(part, quarantine_dir, str(err))
-            manifest["quarantined"][part.day] = {"reason": reason, "sha256": part.sha256, "source": label,
-                                                 "quarantined_at": _now()}
+            bad_days[part.day] = {"reason": reason, "sha256": part.sha256, "source": label, "quarantined_at": _now()}
             result["quarantined"][part.day] = reason
             continue
         result["replaced" if stored is not None else "added"].append(part.day)
+        bad_days.pop(part.day, None)
         store.store(part.day, tables, {"rows": len(tables["impressions"]), "sha256": part.sha256,
                                        "source": label, "ingested_at": _now()})
-    if manifest != old:
+    if bad_days != old_bad:
+        write_json(quarantine_dir / QUARANTINED, bad_days)
+    if manifest["partitions"] and manifest != old:  # a new lineage without one good day changes nothing
         write_json(raw_dir / PARTITIONS, manifest)
-    if fresh:  # days of the previous lineage go only once the new manifest no longer lists them
-        for folder in _day_folders(raw_dir) if raw_dir.exists() else []:
-            if folder.name.removeprefix(DAY_PREFIX) not in manifest["partitions"]:
-                shutil.rmtree(folder)
-    result["lineage"] = manifest["lineage"]["id"]
-    result["days"] = sorted(manifest["partitions"])
+        _drop_unlisted_days(raw_dir, manifest)
+    current = manifest if manifest["partitions"] else old
+    result["lineage"] = current["lineage"]["id"] if current["lineage"] else None
+    result["days"] = raw_days(raw_dir)
     if result["quarantined"]:
         raise PartitionsQuarantined(result["quarantined"], quarantine_dir)
     return result
+
+
+def _drop_unlisted_days(raw_dir: Path, manifest: dict) -> None:
+    """Days of a previous lineage go, once the new manifest no longer lists them."""
+    for folder in _day_folders(raw_dir):
+        if folder.name.removeprefix(DAY_PREFIX) not in manifest["partitions"]:
+            shutil.rmtree(folder)

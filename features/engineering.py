@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import ValidationError
+from pydantic import PositiveInt, ValidationError, field_validator
 
 from features.contract import PARTITIONS, TABLES, MissingInput, raw_manifest, read_raw, require_input
 from models.atomic import atomic_dir, atomic_file, write_text
@@ -69,10 +69,20 @@ RATE: Bounds = (0.0, 1.0)
 class FeatureConfig(Strict):
     """The ``features`` section of params.yaml."""
 
-    windows_days: tuple[int, ...] = (1, 7, 30)
+    windows_days: tuple[PositiveInt, ...] = (1, 7, 30)
     prior_strength: float = 20.0
     feature_service: str = "funnel_model_v1"
     retrieval_chunk_rows: int = 1_000_000  # entity rows per Feast call: bounds peak memory (one chunk joined at a time)
+
+
+    @field_validator("windows_days")
+    @classmethod
+    def _some_and_distinct(cls, days: tuple[int, ...]) -> tuple[int, ...]:
+        if not days:
+            raise ValueError("at least one window")
+        if len(set(days)) != len(days):
+            raise ValueError("each window once (a repeated window would name two features alike)")
+        return days
 
 
 def longest_window(cfg: FeatureConfig) -> int:

@@ -102,7 +102,9 @@ def main(
     """Set up the console, then run the subcommand."""
     quiet()
     _log_to_stderr(verbose)
-    _State.params_path, _State.data_dir, _State.verbose, _State.wait = params, data_dir, verbose, wait
+    # Relative paths are the caller's: resolved here, before a flow or a stage runs elsewhere.
+    _State.params_path = params.resolve() if params else None
+    _State.data_dir, _State.verbose, _State.wait = data_dir, verbose, wait
 
 
 @app.command()

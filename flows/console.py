@@ -16,10 +16,12 @@ from flows.gate import CustodyError, GateFailed
 from flows.lock import DataDirLocked
 from flows.params import ParamsError
 from flows.registry import RegistryError
+from models.digest import ArtifactRefused
 
 # Bad input, bad config or a step run out of order: the user fixes these, no traceback needed.
 EXPECTED: tuple[type[Exception], ...] = (ContractError, MissingInput, ValidationFailed, GateFailed, RegistryError,
-                                         ParamsError, PartitionsQuarantined, CustodyError, DataDirLocked)
+                                         ParamsError, PartitionsQuarantined, CustodyError, DataDirLocked,
+                                         ArtifactRefused)
 
 _LIBRARY_DEPRECATION = re.compile(r"[/\\](ibis|great_expectations)[/\\]\S*:\d+: DeprecationWarning:")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

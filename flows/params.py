@@ -100,7 +100,7 @@ class Params(Strict):
 
     data: DataConfig = DataConfig()
     generate: GenerateConfig = GenerateConfig()
-    tasks: list[TaskSpec]
+    tasks: list[TaskSpec] = Field(min_length=1)
     features: FeatureConfig = FeatureConfig()
     split: SplitConfig = SplitConfig()
     validation: ValidationConfig = ValidationConfig()

@@ -281,6 +281,7 @@ def gate(params: Params, paths: Paths) -> dict:
     """Decide from the candidate's metrics and the champion's record; write the decision either way;
     raise GateFailed when not blessed."""
     from flows.gate import decide, not_blessed, to_markdown, write_blessing
+    from flows.registry import Registry
 
     metrics_file, champion_file = paths.evaluation / "metrics.json", paths.champion / "champion.json"
     stages.require(paths, metrics_file, paths.evaluation / EVALUATED, champion_file)
@@ -288,6 +289,7 @@ def gate(params: Params, paths: Paths) -> dict:
     version = champion["version"]
     candidate = _candidate(params, paths)
     _require_evaluated(paths.evaluation / EVALUATED, candidate)
+    _require_scored(champion_file, version, _champion_to_beat(Registry(paths.registry), candidate["model_sha256"]))
     blessing = decide(json.loads(metrics_file.read_text()), champion["metrics"] if version else None,
                       params.gate, version, candidate)
     decision = to_markdown(blessing)
@@ -320,6 +322,17 @@ def _require_evaluated(record: Path, candidate: dict[str, str]) -> None:
     if json.loads(record.read_text()) != candidate:
         raise CustodyError(f"{record}: the test metrics are not of the model, training set and params on disk now"
                            " (changed since `funnelflow evaluate`): run `funnelflow evaluate`, then `funnelflow gate`")
+
+
+def _require_scored(record: Path, scored: str | None, to_beat: str | None) -> None:
+    """The champion's metrics must be of the registry's champion now: one promoted or rolled back since
+    ``score-champion`` would otherwise be judged on another version's record."""
+    from flows.gate import CustodyError
+
+    if scored != to_beat:
+        raise CustodyError(f"{record}: scored champion {scored or 'none'}, but the registry's champion to beat is "
+                           f"{to_beat or 'none'} (changed since `funnelflow score-champion`): run `funnelflow "
+                           "score-champion`, then `funnelflow gate`")
 
 
 def _write_gate_metrics(blessing: dict, path: Path) -> None:
@@ -464,27 +477,30 @@ def compare(params: Params, paths: Paths, models: list[str] | None = None, losse
 
 @timed
 def predict(params: Params, paths: Paths, input_dir: Path, output: Path) -> dict:
-    """Point-in-time features from Feast for the given impressions, scored by the champion (onnxruntime)."""
-    import pandas as pd
+    """Point-in-time features from Feast for the given impressions, scored by the champion (onnxruntime).
 
-    from features.contract import ContractError
+    The input is checked with the contract's impressions rules (labels not needed) and must hold the
+    context columns the champion reads; the output must be a new file path, not the input.
+    """
+    from features.contract import ContractError, check_scoring_input, read_table
     from features.store import FeastPaths
     from features.training_set import point_in_time_features
     from flows.registry import Registry, RegistryError
     from models.export import OnnxScorer
 
+    path = input_dir / "impressions.parquet" if input_dir.is_dir() else input_dir
+    if output.is_dir() or output.resolve() == path.resolve():
+        raise ContractError(str(output), "-", "--output must be a Parquet file path, not a folder or the input file: "
+                                              "name another file")
     champ = Registry(paths.registry).champion_dir()
     if champ is None:
         raise RegistryError(f"no champion in {paths.registry}: run `funnelflow run` (or `dvc repro`) first")
-    path = input_dir / "impressions.parquet" if (input_dir / "impressions.parquet").exists() else input_dir
-    imps = pd.read_parquet(path)
-    for col in ("impression_id", "user_id", "item_id", "event_timestamp"):
-        if col not in imps.columns:
-            raise ContractError(str(path), col, "required column is missing")
-    # Labels are not needed to score; `<view>__<feature>` columns would clash with Feast's own.
-    imps = imps.drop(columns=[c for c in imps.columns if c in params.task_graph.names or "__" in c])
+    scorer = OnnxScorer(champ)
+    cols = scorer.preprocessor.columns
+    imps = check_scoring_input(read_table(path), str(path), [c for c in cols.categorical if "__" not in c],
+                               [c for c in cols.numeric if "__" not in c])
     feats = point_in_time_features(FeastPaths(paths.feast, paths.features), imps, params.features)
-    preds = OnnxScorer(champ).predict(feats)
+    preds = scorer.predict(feats)
     with atomic_file(output) as tmp:
         preds.to_parquet(tmp, index=False)
     return {"rows": len(preds), "champion": champ.name, "output": str(output), "columns": list(preds.columns)}

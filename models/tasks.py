@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from models.strict import Strict
 
@@ -14,7 +14,7 @@ from models.strict import Strict
 class TaskSpec(Strict):
     """One task of the funnel. ``parent`` names the step that must be reached first (None = root)."""
 
-    name: str
+    name: str = Field(pattern=r"^[A-Za-z0-9]+(_[A-Za-z0-9]+)*$")  # a label column name (features.contract)
     kind: Literal["binary", "regression"]
     parent: str | None = None
 
@@ -26,7 +26,7 @@ class TaskSpec(Strict):
 class TaskGraph(Strict):
     """An ordered list of tasks; every parent must appear before its child."""
 
-    tasks: list[TaskSpec]
+    tasks: list[TaskSpec] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _check_order(self) -> TaskGraph:

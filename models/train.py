@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 
 from models.atomic import atomic_file, write_json, write_text
 from models.config import TrainConfig
+from models.digest import ArtifactRefused
 from models.losses import funnel_loss
 from models.metrics import evaluate_predictions, mean_auc
 from models.networks import FunnelNet, ModelConfig, build_model, parse_model_config, prediction_columns
@@ -174,7 +176,10 @@ def _monitor_value(metrics: dict[str, float], tasks: TaskGraph, monitor: str) ->
 
 
 def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "perm": gen.get_state(), "numpy": np.random.get_state()}
+    # numpy's state as tensors and plain numbers: a checkpoint loads with weights_only=True (no pickle).
+    _, keys, pos, has_gauss, gauss = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state(legacy=True))
+    state = {"torch": torch.get_rng_state(), "perm": gen.get_state(),
+             "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
@@ -183,7 +188,8 @@ def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
 def _set_rng_state(state: dict[str, Any], gen: torch.Generator, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     gen.set_state(state["perm"])
-    np.random.set_state(state["numpy"])
+    keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
 
@@ -244,7 +250,14 @@ def _save_checkpoint(path: Path, net: FunnelNet, opt: torch.optim.Optimizer, sca
 def _load_checkpoint(path: Path, net: FunnelNet, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                      gen: torch.Generator, device: torch.device) -> tuple[list[dict[str, float]], int, _Best]:
     """Restore ``_save_checkpoint``'s state in place; returns (history, next epoch, best)."""
-    ck = torch.load(path, map_location=device, weights_only=False)
+    try:  # weights_only: a checkpoint pulled from a remote must not run code (no pickled objects)
+        ck = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        raise ArtifactRefused(f"{path} holds pickled objects, not only tensors and numbers (loading it could run "
+                              "code): delete it and train without --resume") from None
+    except RuntimeError as exc:
+        raise ArtifactRefused(f"{path} is not a readable checkpoint ({str(exc).splitlines()[0]}): delete it and "
+                              "train without --resume") from None
     net.load_state_dict(ck["model"])
     opt.load_state_dict(ck["optimizer"])
     scaler.load_state_dict(ck["scaler"])

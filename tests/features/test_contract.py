@@ -49,6 +49,16 @@ CASES = [
     ("impressions", lambda d: _set("value", d.index[d.conversion == 1][:1], -1.0)(d), "value", "negative"),
     ("impressions", lambda d: _set("click", d.index[:2], 2)(d), "click", "0 or 1"),
     ("impressions", lambda d: d.assign(device=d.device.astype(str)), "device", "int64 (categorical) or float64"),
+    ("impressions", lambda d: _set("value", d.index[d.conversion == 1][:1], np.inf)(d), "value", "finite"),
+    ("items", lambda d: _set("price", d.index[:1], -np.inf)(d), "price", "finite"),
+    ("impressions", lambda d: d.assign(myfeat__x=1.0), "myfeat__x", "single underscores"),
+    ("users", lambda d: pd.concat([d, d[["gender"]]], axis=1), "gender", "unique"),
+    ("impressions", lambda d: d.assign(event_timestamp=d.event_timestamp.astype("datetime64[ns, UTC]")
+                                       + pd.Timedelta(1, "ns")), "event_timestamp", "microseconds"),
+    ("impressions", lambda d: _set("event_timestamp", d.index[:1], pd.Timestamp(0, tz="UTC"))(d),
+     "event_timestamp", "null sentinel"),
+    ("users", lambda d: _set("event_timestamp", d.index[:1], pd.Timestamp("2099-01-01", tz="UTC"))(d),
+     "event_timestamp", "far-future"),
     ("users", lambda d: pd.concat([d, d.head(2)]), "user_id", "one row per"),
     ("items", lambda d: d.drop(columns=["event_timestamp"]), "event_timestamp", "missing"),
 ]

@@ -12,6 +12,7 @@ from features.contract import (
     PartitionsQuarantined,
     ingest,
     lineage,
+    quarantine_records,
     raw_days,
     raw_manifest,
     read_raw,
@@ -97,14 +98,15 @@ def test_bad_day_is_quarantined_with_its_reason_and_the_stored_day_kept(tmp_path
     reason = (quarantine / f"{DAY_PREFIX}{DAYS[3]}" / "reason.txt").read_text()
     assert "conversion" in reason and "funnel rule" in reason
     assert (quarantine / f"{DAY_PREFIX}{DAYS[3]}" / "impressions.parquet").exists()  # the bad input is kept
-    assert raw_manifest(raw)["quarantined"][DAYS[3]]["reason"] == err.value.reasons[DAYS[3]]
+    assert quarantine_records(quarantine)[DAYS[3]]["reason"] == err.value.reasons[DAYS[3]]
+    assert "quarantined" not in raw_manifest(raw)  # a rejection leaves the raw store as it was
     # The same bad content again: skipped with a warning, not raised again.
     out = ingest(src, raw, DEFAULT_FUNNEL, quarantine)
     assert out["unchanged"] == DAYS[:3] + DAYS[4:] and DAYS[3] in caplog.text
     # Fixed: the day is replaced and its quarantine record cleared.
     write_partitioned(data, src)
     assert ingest(src, raw, DEFAULT_FUNNEL, quarantine)["unchanged"] == DAYS
-    assert raw_manifest(raw)["quarantined"] == {}
+    assert quarantine_records(quarantine) == {}
 
 
 def _reuse_day1_ids(d, data):
@@ -118,7 +120,9 @@ def _reuse_day1_ids(d, data):
     (lambda d, _: d.assign(event_timestamp=d.event_timestamp + pd.Timedelta(days=1)), "must fall on 2026-09-05"),
     (_reuse_day1_ids, "already used by another stored day"),
     (lambda d, _: d.assign(device=d.device.astype(np.float64)), "--new-lineage"),
-], ids=["empty", "wrong-day", "ids", "columns"])
+    (lambda d, _: d.assign(extra=1.0), "not in the stored days"),
+    (lambda d, _: d.assign(user_id=d.user_id.max() + 1), "unknown user_id"),
+], ids=["empty", "wrong-day", "ids", "columns", "extra-column", "unknown-user"])
 def test_partition_rules(tmp_path, data, breaker, rule):
     raw, quarantine = _store(tmp_path)
     src = tmp_path / "src"
