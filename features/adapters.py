@@ -63,17 +63,26 @@ What is synthesised (none of these layouts has timestamps; only Ali-CCP has user
 
 Errors: a missing/unexpected column, wrong column count, non-numeric value in a numeric or id
 column, a null id or label, or a label outside 0/1 raises ``ContractError(file, column, rule)`` naming
-the source CSV, with a few offending rows (line numbers in the index where known).
+the source CSV, with a few offending rows (line numbers in the index where known). Every CSV read goes
+through ``csv_chunks``: an empty, truncated or corrupt (gzip) file, a plain file named ``.gz`` or one that
+is not text raises ``ContractError(file, "-", rule)`` with what to do, never pandas'/gzip's own error. The
+pipeline's task graph must be the layout's own (``check_tasks``, before any row is read): the error names
+the layout's tasks as a ``tasks:`` value for params.yaml.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
+import lzma
 import os
 import shutil
 import time
+import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -162,6 +171,55 @@ def source_files(source: Path, suffixes: tuple[str, ...]) -> list[Path]:
     return files
 
 
+# ----------------------------------------------------------------------------- reading CSVs
+GZIP_MAGIC = b"\x1f\x8b"
+_CORRUPT = (EOFError, zlib.error, zipfile.BadZipFile, lzma.LZMAError)
+_REDOWNLOAD = "download the file again"
+
+
+def _short(exc: BaseException) -> str:
+    kind = type(exc).__name__ if type(exc).__module__ == "builtins" else f"{type(exc).__module__}.{type(exc).__name__}"
+    return f"{kind}: {' '.join(str(exc).split())}"
+
+
+def _unreadable_rule(path: Path, exc: Exception) -> str:
+    """The rule a read/decompress/decode failure breaks, and what to do (one line)."""
+    if isinstance(exc, pd.errors.EmptyDataError):
+        return "empty file: no header or rows: pass a CSV of this layout with data rows"
+    if isinstance(exc, pd.errors.ParserError):
+        if "Expected" in str(exc) and "fields" in str(exc):
+            return f"wrong column count: {' '.join(str(exc).split())}"
+        return f"not a readable CSV ({_short(exc)}): pass a CSV of this layout"
+    if isinstance(exc, gzip.BadGzipFile) and str(exc).startswith("Not a gzipped file"):
+        return "not gzip-compressed though named .gz: rename it without .gz or compress it"
+    if isinstance(exc, (*_CORRUPT, gzip.BadGzipFile)):
+        return f"not a readable CSV: truncated or corrupt compressed file ({_short(exc)}): {_REDOWNLOAD}"
+    if isinstance(exc, UnicodeDecodeError):
+        with open(path, "rb") as f:
+            if f.read(2) == GZIP_MAGIC:
+                return f"gzip-compressed though not named .gz ({_short(exc)}): rename it to end with .gz"
+        return f"not text ({_short(exc)}): not a CSV of this layout"
+    return f"cannot read the file ({_short(exc)}): check that it exists and is readable"
+
+
+def csv_chunks(path: Path, **read_csv: Any) -> Iterator[pd.DataFrame]:
+    """``pd.read_csv(path, **read_csv)`` as an iterator of frames (one frame unless ``chunksize`` is given).
+
+    A file that cannot be read, decompressed, decoded or tokenised raises ``ContractError(path, "-", rule)``
+    with one line saying what to do, instead of pandas'/gzip's/zlib's own exception (a click CLI would
+    even turn gzip's ``EOFError`` into a bare "Aborted."). Only the reading is wrapped: errors of the
+    caller's code between yields are the caller's.
+    """
+    try:
+        if "chunksize" not in read_csv:
+            yield pd.read_csv(path, **read_csv)
+            return
+        with pd.read_csv(path, **read_csv) as reader:  # closes the file also when the caller stops early
+            yield from reader
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError, *_CORRUPT) as exc:
+        raise ContractError(str(path), "-", _unreadable_rule(Path(path), exc)) from exc
+
+
 # ----------------------------------------------------------------------------- adapter interface
 @dataclass
 class Converted:
@@ -191,7 +249,7 @@ def _read_header_csv(columns: list[str]) -> Callable[[Path, int], Iterator[pd.Da
     """CSV with a header that must hold exactly ``columns`` (any order)."""
 
     def read(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
-        header = list(pd.read_csv(path, nrows=0).columns)
+        header = list(next(csv_chunks(path, nrows=0)).columns)
         missing = [c for c in columns if c not in header]
         extra = [c for c in header if c not in columns]
         if missing:
@@ -199,13 +257,10 @@ def _read_header_csv(columns: list[str]) -> Callable[[Path, int], Iterator[pd.Da
         if extra:
             raise ContractError(str(path), extra[0], f"unexpected column: wrong layout (extra: {extra})")
         start = 2  # file line of the first data row (header is line 1)
-        try:
-            for chunk in pd.read_csv(path, chunksize=chunk_rows, low_memory=False):
-                chunk.index = pd.RangeIndex(start, start + len(chunk), name="line")
-                start += len(chunk)
-                yield chunk
-        except pd.errors.ParserError as exc:
-            raise ContractError(str(path), "-", f"wrong column count: {exc}") from exc
+        for chunk in csv_chunks(path, chunksize=chunk_rows, low_memory=False):
+            chunk.index = pd.RangeIndex(start, start + len(chunk), name="line")
+            start += len(chunk)
+            yield chunk
 
     return read
 
@@ -286,23 +341,19 @@ INCOME_VALUES = {"- 50000.": 0, "50000+.": 1}
 def _read_census(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
     n = len(CENSUS_COLUMNS)
     start = 1
-    try:
-        reader = pd.read_csv(path, header=None, chunksize=chunk_rows, skipinitialspace=True, dtype=str,
-                             keep_default_na=False, na_values=[""])
-        for chunk in reader:
-            chunk.index = pd.RangeIndex(start, start + len(chunk), name="line")
-            start += len(chunk)
-            if chunk.shape[1] != n:
-                raise ContractError(str(path), "-", f"wrong column count: expected {n} (UCI census-income "
-                                    f"layout, no header), found {chunk.shape[1]}", chunk.iloc[:, :3])
-            chunk.columns = CENSUS_COLUMNS
-            short = chunk["income"].isna()
-            if short.any():
-                raise ContractError(str(path), "income", f"wrong column count: rows with fewer than {n} fields",
-                                    _bad_rows(chunk, short, ["age", "year", "income"]))
-            yield chunk
-    except pd.errors.ParserError as exc:
-        raise ContractError(str(path), "-", f"wrong column count: {exc}") from exc
+    for chunk in csv_chunks(path, header=None, chunksize=chunk_rows, skipinitialspace=True, dtype=str,
+                            keep_default_na=False, na_values=[""]):
+        chunk.index = pd.RangeIndex(start, start + len(chunk), name="line")
+        start += len(chunk)
+        if chunk.shape[1] != n:
+            raise ContractError(str(path), "-", f"wrong column count: expected {n} (UCI census-income "
+                                f"layout, no header), found {chunk.shape[1]}", chunk.iloc[:, :3])
+        chunk.columns = CENSUS_COLUMNS
+        short = chunk["income"].isna()
+        if short.any():
+            raise ContractError(str(path), "income", f"wrong column count: rows with fewer than {n} fields",
+                                _bad_rows(chunk, short, ["age", "year", "income"]))
+        yield chunk
 
 
 def _census(df: pd.DataFrame, file: str, file_no: int) -> Converted:
@@ -370,6 +421,49 @@ def _adapter(fmt: str) -> Adapter:
     if fmt not in ADAPTERS:
         raise ValueError(f"unknown format {fmt!r}; known: {sorted(ADAPTERS)} (or 'funnel')")
     return ADAPTERS[fmt]
+
+
+def _chain(graph: TaskGraph) -> str:
+    """Tasks as ``click -> conversion`` (a child right after its parent) or ``a, b`` (otherwise)."""
+    out = ""
+    for i, t in enumerate(graph.tasks):
+        joint = "" if i == 0 else " -> " if t.parent == graph.tasks[i - 1].name else ", "
+        out += joint + t.name
+    return out or "(none)"
+
+
+def _yaml(graph: TaskGraph) -> str:
+    """The task graph as a one-line ``tasks:`` value of params.yaml."""
+    return "[" + ", ".join(f"{{name: {t.name}, kind: {t.kind}" + (f", parent: {t.parent}}}" if t.parent else "}")
+                           for t in graph.tasks) + "]"
+
+
+def _spec(t: TaskSpec) -> str:
+    return f"{t.kind}, " + (f"parent {t.parent}" if t.parent else "no parent")
+
+
+def check_tasks(fmt: str, tasks: TaskGraph, source: str) -> None:
+    """``tasks`` must be layout ``fmt``'s own task graph: a task without a label column in the layout cannot
+    train, and a label column that is no task would be stored as a feature (a label leak).
+
+    Raises ``ContractError(source, task or label, rule)`` naming the layout's tasks and how to set them.
+    """
+    own = _adapter(fmt).tasks
+    fix = (f"`--format {fmt}` has the tasks {_chain(own)}: set params.yaml `tasks:` to {_yaml(own)} "
+           f"(features.adapters.default_tasks('{fmt}')) or pass `funnelflow --params FILE` with them")
+    want = {t.name: t for t in own.tasks}
+    got = {t.name: t for t in tasks.tasks}
+    for t in tasks.tasks:
+        if t.name not in want:
+            raise ContractError(source, t.column, f"label column of task '{t.name}' is missing: the layout has "
+                                f"no such label; {fix}")
+        if t != want[t.name]:
+            raise ContractError(source, t.column, f"task '{t.name}' is ({_spec(t)}) in the pipeline but "
+                                f"({_spec(want[t.name])}) in the layout; {fix}")
+    for name in want:
+        if name not in got:
+            raise ContractError(source, name, f"label of the layout is no task of the pipeline (it would be "
+                                f"stored as a feature); {fix}")
 
 
 # ----------------------------------------------------------------------------- the streaming driver
@@ -507,11 +601,14 @@ def convert(fmt: str, source: Path, raw_dir: Path, tasks: TaskGraph | None = Non
             chunk_rows: int = DEFAULT_CHUNK_ROWS, *, quarantine_dir: Path, new_lineage: str | None = None) -> dict:
     """Stream ``source`` (file or folder) of layout ``fmt`` into day partitions of the raw store ``raw_dir``.
 
-    ``tasks`` is the pipeline's task graph (default: ``default_tasks(fmt)``); every chunk is checked
-    against it with ``check_dataset``. The converted days go through ``features.contract.ingest``
-    (``quarantine_dir`` and ``new_lineage`` as there); a source that fails to convert stores nothing.
+    ``tasks`` is the pipeline's task graph (default: ``default_tasks(fmt)``); it must be the layout's own
+    (``check_tasks``), and every chunk is checked against it with ``check_dataset``. The converted days go
+    through ``features.contract.ingest`` (``quarantine_dir`` and ``new_lineage`` as there); a source that
+    fails to convert stores nothing.
     """
     adapter = _adapter(fmt)
+    tasks = adapter.tasks if tasks is None else tasks
+    check_tasks(fmt, tasks, str(source))  # before any row is read
     files = source_files(Path(source), adapter.suffixes)
     t0 = time.perf_counter()
     # Named like models.atomic's temps (.<name>.tmp-<pid>): clean_stale removes it if this run dies.
@@ -520,7 +617,7 @@ def convert(fmt: str, source: Path, raw_dir: Path, tasks: TaskGraph | None = Non
     writers = _DayWriters(staging)
     try:
         try:
-            rows_per_file = _stream(adapter, files, tasks or adapter.tasks, chunk_rows, writers)
+            rows_per_file = _stream(adapter, files, tasks, chunk_rows, writers)
         finally:
             writers.close()
         rows = sum(rows_per_file.values())
@@ -536,7 +633,7 @@ def convert(fmt: str, source: Path, raw_dir: Path, tasks: TaskGraph | None = Non
                                                  "carrying them"},
             "convert_seconds": round(seconds, 3), "rows_per_sec": round(rows / max(seconds, 1e-9)),
         }
-        summary["ingest"] = ingest(staging, raw_dir, tasks or adapter.tasks, quarantine_dir, new_lineage,
+        summary["ingest"] = ingest(staging, raw_dir, tasks, quarantine_dir, new_lineage,
                                    label=str(source))
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -2,14 +2,20 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from features.adapters import ADAPTERS, convert, default_tasks, stable_hash
 from features.contract import TABLES, ContractError, FunnelDataset, check_dataset, read_raw
+from models.tasks import DEFAULT_FUNNEL, TaskGraph, TaskSpec
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 ALI = DATA / "aliexpress_sample"
@@ -246,6 +252,145 @@ def test_wrong_task_graph_is_rejected(tmp_path):
     with pytest.raises(ContractError) as exc:
         _convert("aliexpress", ALI, tmp_path / "raw", default_tasks("ali-ccp"))
     assert exc.value.column == "purchase"
+
+
+ONLY_CLICK = TaskGraph(tasks=[TaskSpec(name="click", kind="binary")])
+NO_PARENT = TaskGraph(tasks=[TaskSpec(name="click", kind="binary"), TaskSpec(name="conversion", kind="binary")])
+
+
+@pytest.mark.parametrize(("fmt", "tasks", "column", "rule_part"), [
+    ("aliexpress", DEFAULT_FUNNEL, "value", "label column of task 'value' is missing: the layout has no such"),
+    ("aliexpress", default_tasks("ali-ccp"), "purchase", "label column of task 'purchase' is missing"),
+    ("census-kdd", DEFAULT_FUNNEL, "click", "label column of task 'click' is missing"),
+    ("aliexpress", ONLY_CLICK, "conversion", "no task of the pipeline (it would be stored as a feature)"),
+    ("aliexpress", NO_PARENT, "conversion", "(binary, no parent) in the pipeline but (binary, parent click)"),
+])
+def test_task_graph_not_of_the_layout_names_the_fix_before_reading(tmp_path, fmt, tasks, column, rule_part):
+    src = tmp_path / "unreadable.csv"  # were a row read first, the error would be "not text"
+    src.write_bytes(np.random.default_rng(0).bytes(2000))
+    with pytest.raises(ContractError) as exc:
+        _convert(fmt, src, tmp_path / "raw", tasks)
+    err = exc.value
+    assert (err.file, err.column) == (str(src), column) and rule_part in err.rule, str(err)
+    assert "\n" not in str(err) and f"`--format {fmt}` has the tasks" in err.rule
+    assert not (tmp_path / "raw").exists()
+    # the fix is a `tasks:` value that params.yaml can take as it is: the layout's own graph
+    fix = re.search(r"`tasks:` to (\[.*?\]) \(features\.adapters\.default_tasks\('([a-z-]+)'\)\)", err.rule)
+    assert fix is not None and fix.group(2) == fmt, err.rule
+    assert TaskGraph(tasks=yaml.safe_load(fix.group(1))) == default_tasks(fmt)
+
+
+@pytest.mark.parametrize("fmt", list(SOURCES))
+def test_layout_task_chain_is_named(tmp_path, fmt):
+    with pytest.raises(ContractError) as exc:
+        _convert(fmt, tmp_path / "missing.csv", tmp_path / "raw", ONLY_CLICK if fmt == "census-kdd" else NO_PARENT)
+    chain = {"aliexpress": "click -> conversion", "ali-ccp": "click -> purchase",
+             "census-kdd": "income, never_married, weeks_worked"}[fmt]
+    assert f"`--format {fmt}` has the tasks {chain}: set params.yaml" in exc.value.rule
+
+
+# ----------------------------------------------------------------------------- unreadable files
+def _first_lines(fmt: str, n: int) -> bytes:
+    """The first ``n`` lines of a sample source of layout ``fmt`` (header included), uncompressed."""
+    if fmt == "census-kdd":
+        with gzip.open(CENSUS, "rb") as f:
+            return b"".join(next(f) for _ in range(n))
+    src = ALI / "aliexpress_test_sample.csv" if fmt == "aliexpress" else CCP / "ali_ccp_test_sample.csv"
+    return b"".join(src.read_bytes().splitlines(keepends=True)[:n])
+
+
+def _corrupt_deflate(data: bytes) -> bytes:
+    gz = bytearray(gzip.compress(data))
+    mid = len(gz) // 2
+    gz[mid:mid + 16] = bytes(b ^ 0xFF for b in gz[mid:mid + 16])
+    return bytes(gz)
+
+
+# name -> (file name, bytes from a good source, rule part)
+UNREADABLE = {
+    "empty": ("empty.csv", lambda good: b"", "empty file: no header or rows"),
+    "truncated_gzip": ("truncated.csv.gz", lambda good: gzip.compress(good)[: len(gzip.compress(good)) // 2],
+                       "not a readable CSV: truncated or corrupt compressed file (EOFError"),
+    "corrupt_deflate": ("corrupt.csv.gz", _corrupt_deflate,
+                        "not a readable CSV: truncated or corrupt compressed file"),
+    "plain_named_gz": ("plain.csv.gz", lambda good: good,
+                       "not gzip-compressed though named .gz: rename it without .gz or compress it"),
+    "random_bytes": ("random.csv", lambda good: np.random.default_rng(0).bytes(4000),
+                     "not text (UnicodeDecodeError"),
+    "gzip_named_csv": ("gzipped.csv", gzip.compress, "gzip-compressed though not named .gz (UnicodeDecodeError"),
+}
+
+
+@pytest.mark.parametrize("case", list(UNREADABLE))
+@pytest.mark.parametrize("fmt", ["census-kdd", "aliexpress", "ali-ccp"])
+def test_unreadable_file_is_one_contract_error(tmp_path, fmt, case):
+    name, make, rule_part = UNREADABLE[case]
+    src = tmp_path / name
+    src.write_bytes(make(_first_lines(fmt, 300)))
+    err = _expect_error(fmt, src, tmp_path, "-", rule_part)
+    assert err.file == str(src) and str(err).startswith(f"{src}: column '-': ") and "\n" not in str(err)
+    if case in ("truncated_gzip", "corrupt_deflate"):
+        assert err.rule.endswith(": download the file again")
+    assert not (tmp_path / "raw").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def _tree_hash(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        h.update(str(p.relative_to(root)).encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_truncated_gzip_mid_stream_leaves_the_raw_store_unchanged(tmp_path):
+    raw = tmp_path / "raw"
+    (tmp_path / "good.csv").write_bytes(_first_lines("census-kdd", 200))
+    _convert("census-kdd", tmp_path / "good.csv", raw, default_tasks("census-kdd"))
+    before = _tree_hash(raw)
+    src = tmp_path / "census.csv.gz"
+    gz = gzip.compress(_first_lines("census-kdd", 3000))
+    src.write_bytes(gz[: len(gz) * 4 // 5])
+    assert len(next(pd.read_csv(src, header=None, chunksize=500))) == 500  # the first chunks do read
+    with pytest.raises(ContractError) as exc:
+        _convert("census-kdd", src, raw, default_tasks("census-kdd"), chunk_rows=500)
+    assert (exc.value.file, exc.value.column) == (str(src), "-")
+    assert exc.value.rule.startswith("not a readable CSV: truncated or corrupt compressed file (EOFError")
+    assert exc.value.rule.endswith(": download the file again")
+    assert _tree_hash(raw) == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_cli_unreadable_source_and_wrong_tasks_are_one_error_line(tmp_path):
+    """Through the CLI: exit 1, one `error:` line naming the file and the rule, no traceback, raw store kept."""
+    from flows.benchmark import census_params
+
+    repo = Path(__file__).resolve().parents[2]
+    data = tmp_path / "data"
+    good = tmp_path / "good.csv"
+    good.write_bytes(_first_lines("census-kdd", 200))
+    _convert("census-kdd", good, data / "raw", default_tasks("census-kdd"))
+    before = _tree_hash(data / "raw")
+    params = tmp_path / "census.yaml"
+    params.write_text(yaml.safe_dump(census_params().model_dump(mode="json")))
+    truncated = tmp_path / "truncated.csv.gz"  # main printed only "Aborted." (click swallowed the EOFError)
+    truncated.write_bytes(gzip.compress(_first_lines("census-kdd", 300))[:2000])
+    cases = [  # (params, file, format, rule part); one CLI start each (~8 s), the other cases run in-process
+        (params, truncated, "census-kdd", "truncated or corrupt compressed file (EOFError"),
+        (None, ALI / "aliexpress_test_sample.csv", "aliexpress",
+         "label column of task 'value' is missing: the layout has no such label; `--format aliexpress` has "
+         "the tasks click -> conversion"),
+    ]
+    for params_file, src, fmt, rule_part in cases:
+        cmd = [sys.executable, "-m", "flows.cli", *(["--params", str(params_file)] if params_file else []),
+               "--data-dir", str(data), "ingest", str(src), "--format", fmt]
+        proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120)
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert proc.returncode == 1, proc.stderr
+        assert len(errors) == 1 and str(src) in errors[0] and rule_part in errors[0], proc.stderr
+        assert "Traceback" not in proc.stderr + proc.stdout and "Aborted" not in proc.stderr + proc.stdout
+        assert _tree_hash(data / "raw") == before
 
 
 # ----------------------------------------------------------------------------- end to end
