@@ -90,8 +90,9 @@ def _step_task(fn: Callable[..., dict], stage: str, retries: int = 0, cached: bo
     opts: dict[str, Any] = dict(name=stage, retries=retries, retry_delay_seconds=2,
                                 retry_condition_fn=_no_retry_on_bad_input)
     if cached:
+        # JSON, not Prefect's default pickle: reading a cached result back must not be able to run code.
         opts.update(cache_key_fn=lambda ctx, p: cache_key(stage, p["params"], p["paths"], p.get("source")),
-                    persist_result=True)
+                    persist_result=True, result_serializer="json")
     else:
         opts.update(cache_policy=NONE)
     return task(**opts)(fn)

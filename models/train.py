@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -252,12 +251,11 @@ def _load_checkpoint(path: Path, net: FunnelNet, opt: torch.optim.Optimizer, sca
     """Restore ``_save_checkpoint``'s state in place; returns (history, next epoch, best)."""
     try:  # weights_only: a checkpoint pulled from a remote must not run code (no pickled objects)
         ck = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError:
-        raise ArtifactRefused(f"{path} holds pickled objects, not only tensors and numbers (loading it could run "
-                              "code): delete it and train without --resume") from None
-    except RuntimeError as exc:
-        raise ArtifactRefused(f"{path} is not a readable checkpoint ({str(exc).splitlines()[0]}): delete it and "
-                              "train without --resume") from None
+    except Exception as exc:  # a garbled file raises anything from IndexError to RuntimeError
+        why = ("holds pickled objects, not only tensors and numbers (loading it could run code)"
+               if "Weights only load failed" in str(exc) else
+               f"is not a readable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+        raise ArtifactRefused(f"{path} {why}: delete it and train without --resume") from None
     net.load_state_dict(ck["model"])
     opt.load_state_dict(ck["optimizer"])
     scaler.load_state_dict(ck["scaler"])

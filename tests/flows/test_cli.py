@@ -85,6 +85,55 @@ def test_a_refused_gate_is_one_line_naming_the_failed_check(tmp_path):
     assert "NOT BLESSED" in (tmp_path / "gate" / "blessing.md").read_text()
 
 
+def test_the_gate_refuses_a_champion_record_older_than_the_registry(tmp_path):
+    """A promotion (or rollback) after `score-champion`: the recorded "no champion" is stale."""
+    test_a_refused_gate_is_one_line_naming_the_failed_check(tmp_path)
+    version = tmp_path / "registry" / "versions" / "v0001"
+    version.mkdir(parents=True)
+    (version / "release.json").write_text(json.dumps({"model_sha256": "another model"}))
+    (tmp_path / "registry" / "champion.json").write_text(json.dumps({"version": "v0001"}))
+    blessing = (tmp_path / "gate" / "blessing.md").read_text()
+    line = _one_line_failure(_invoke("gate", data_dir=tmp_path).stderr)
+    assert "scored champion none, but the registry's champion to beat is v0001" in line
+    assert "run `funnelflow score-champion`" in line
+    assert (tmp_path / "gate" / "blessing.md").read_text() == blessing  # no decision on stale metrics
+    (tmp_path / "registry" / "champion.json").write_text("{not json")
+    assert "champion.json is corrupt" in _one_line_failure(_invoke("gate", data_dir=tmp_path).stderr)
+
+
+def test_a_relative_params_path_is_the_callers(tmp_path, monkeypatch):
+    (tmp_path / "mine.yaml").write_text("data: [generate\n")
+    monkeypatch.chdir(tmp_path)
+    line = _one_line_failure(_invoke("--params", "mine.yaml", "gate", data_dir=tmp_path).stderr)
+    assert "mine.yaml: not valid YAML" in line  # the caller's file was read (not "no such file" in the repo)
+
+
+def test_temps_of_a_killed_step_are_removed_by_the_next_one(tmp_path):
+    """kill -9 inside each kind of atomic write (a folder swap cut between its renames included); the next
+    step's start removes the temps and puts the old folder back."""
+    crash = """
+import os, signal, sys
+from pathlib import Path
+from models.atomic import OLD, atomic_dir, atomic_file
+root = Path(sys.argv[1])
+(root / "registry" / "versions").mkdir(parents=True)
+aside = root / f".features{OLD}{os.getpid()}"  # a swap cut between its renames: features/ moved aside
+aside.mkdir()
+(aside / "kept.parquet").write_text("old")
+with atomic_file(root / "model" / "model.pt") as f, atomic_dir(root / "raw") as d, \
+        atomic_dir(root / "registry" / "versions" / "v0002") as v:
+    f.write_text("half"); (d / "dt=2026-09-01").mkdir(); (v / "model.onnx").write_text("half")
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+    res = subprocess.run([sys.executable, "-c", crash, str(tmp_path)], cwd=REPO, capture_output=True, timeout=60)
+    assert res.returncode == -9
+    left = sorted(p.name for p in tmp_path.rglob(".*"))
+    assert len(left) == 4 and all(".tmp-" in n or ".old-" in n for n in left), left
+    assert _cli("generate", "--rows", "300", "--days", "1", data_dir=tmp_path).returncode == 0
+    assert not [p for p in tmp_path.rglob(".*") if ".tmp-" in p.name or ".old-" in p.name]
+    assert (tmp_path / "features" / "kept.parquet").read_text() == "old"
+
+
 def test_registry_and_validation_failures_are_one_line(tmp_path, monkeypatch):
     assert "no champion to roll back from" in _one_line_failure(_invoke("rollback", data_dir=tmp_path).stderr)
 

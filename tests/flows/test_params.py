@@ -79,3 +79,25 @@ def test_yaml_syntax_and_missing_file_are_one_line(tmp_path):
     assert "\n" not in str(err.value)
     with pytest.raises(ParamsError, match=r"nope\.yaml: no such file"):
         load_params(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(("section", "key", "value", "expected"), [
+    ("train", "epochs", True, "train.epochs: true/false given where a bool is not accepted"),
+    ("model", "dropout", False, "model.dropout: true/false given where a bool is not accepted"),
+    ("features", "windows_days", [-1], "features.windows_days[0]: Input should be greater than 0"),
+    ("features", "windows_days", [7, 7], "features.windows_days: Value error, each window once"),
+    ("features", "windows_days", [], "features.windows_days: Value error, at least one window"),
+    (None, "tasks", [], "tasks: List should have at least 1 item"),
+    (None, "tasks", [{"name": "my__click", "kind": "binary"}], "tasks[0].name: String should match pattern"),
+])
+def test_accepted_before_though_wrong_is_one_line_now(tmp_path, raw, section, key, value, expected):
+    (raw[section] if section else raw)[key] = value
+    with pytest.raises(ParamsError) as err:
+        _load(tmp_path, raw)
+    assert str(err.value).startswith(f"{tmp_path / 'params.yaml'}: {expected}"), str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_a_bool_field_still_takes_true(tmp_path, raw):
+    raw["model"]["batch_norm"] = True
+    assert _load(tmp_path, raw).model.batch_norm is True

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.contract import read_raw
+from features.contract import ContractError, read_raw
 from flows import steps
 from flows.gate import GateFailed
 from flows.registry import Registry
@@ -130,3 +130,28 @@ def test_predict_writes_the_contract_layout(fresh_data, fast_params, tmp_path, s
     direct = OnnxScorer(Registry(paths.registry).champion_dir()).predict(test).set_index("impression_id")
     np.testing.assert_allclose(preds.set_index("impression_id").loc[direct.index, "p_click"], direct["p_click"],
                                atol=1e-6)
+    # Bad input: the contract's rules (labels not needed) and the champion's columns, one error each.
+    imps = pd.read_parquet(tmp_path / "in" / "impressions.parquet")
+    for broken, column, rule in _BAD_SCORING_INPUT:
+        (tmp_path / "bad").mkdir(exist_ok=True)
+        broken(imps.copy()).to_parquet(tmp_path / "bad" / "impressions.parquet")
+        with pytest.raises(ContractError) as err:
+            steps.predict(fast_params, paths, tmp_path / "bad", tmp_path / "bad.parquet")
+        assert (err.value.column, rule in err.value.rule) == (column, True), str(err.value)
+    assert not (tmp_path / "bad.parquet").exists()
+    for out in (tmp_path / "in" / "impressions.parquet", tmp_path / "in"):  # never over the input, never a folder
+        with pytest.raises(ContractError, match="not a folder or the input file"):
+            steps.predict(fast_params, paths, tmp_path / "in", out)
+    assert pd.read_parquet(tmp_path / "in" / "impressions.parquet").equals(imps)
+
+
+_BAD_SCORING_INPUT = [
+    (lambda d: d.drop(columns=["position"]), "position", "missing"),
+    (lambda d: d.head(0), "-", "no impressions"),
+    (lambda d: d.assign(event_timestamp=d.event_timestamp.dt.tz_localize(None)), "event_timestamp", "UTC"),
+    (lambda d: d.assign(event_timestamp=d.event_timestamp.astype(str)), "event_timestamp", "UTC"),
+    (lambda d: d.assign(position=d.position.astype(str)), "position", "int64"),
+    (lambda d: d.assign(position=d.position.astype(float).where(d.index % 2 == 0)), "position", "without nulls"),
+    (lambda d: pd.concat([d, d.head(2)]), "impression_id", "unique"),
+    (lambda d: d.assign(event_timestamp=pd.Timestamp("2099-01-01", tz="UTC")), "event_timestamp", "far-future"),
+]

@@ -1,5 +1,6 @@
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -7,6 +8,7 @@ import pytest
 import torch
 from conftest import INDEPENDENT, make_funnel, make_independent
 
+from models.digest import ArtifactRefused
 from models.metrics import evaluate_predictions, logloss
 from models.networks import switch_model
 from models.tasks import DEFAULT_FUNNEL
@@ -72,7 +74,7 @@ def test_resume_after_crash_matches_uninterrupted(funnel_splits, small_cfgs, tmp
 
     with pytest.raises(_Crash):
         train_model(train, valid, DEFAULT_FUNNEL, mc, tc, tmp_path / "resumed", progress=False, on_epoch_end=crash)
-    assert torch.load(tmp_path / "resumed" / CHECKPOINT_FILE, weights_only=False)["epoch"] == 1
+    assert torch.load(tmp_path / "resumed" / CHECKPOINT_FILE, weights_only=True)["epoch"] == 1  # no pickle
     resumed = train_model(train, valid, DEFAULT_FUNNEL, mc, tc, tmp_path / "resumed", resume=True, progress=False)
     drop = lambda h: [{k: v for k, v in r.items() if k != "samples_per_sec"} for r in h]  # noqa: E731
     assert drop(resumed.history) == drop(full.history)
@@ -80,6 +82,28 @@ def test_resume_after_crash_matches_uninterrupted(funnel_splits, small_cfgs, tmp
     sb = torch.load(tmp_path / "resumed" / MODEL_FILE, weights_only=True)
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not [p.name for p in (tmp_path / "resumed").iterdir() if ".tmp" in p.name]  # no temps left
+
+
+class _RunsCode:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(funnel_splits, small_cfgs, tmp_path):
+    train, valid, _, _ = funnel_splits
+    mc, tc = small_cfgs
+    marker = tmp_path / "code-ran"
+    (tmp_path / "run").mkdir()
+    torch.save({"model": _RunsCode(marker), "epoch": 0}, tmp_path / "run" / CHECKPOINT_FILE)
+    with pytest.raises(ArtifactRefused, match="pickled objects"):
+        train_model(train, valid, DEFAULT_FUNNEL, mc, tc, tmp_path / "run", resume=True, progress=False)
+    assert not marker.exists()
+    (tmp_path / "run" / CHECKPOINT_FILE).write_bytes(b"truncated")
+    with pytest.raises(ArtifactRefused, match="not a readable checkpoint"):
+        train_model(train, valid, DEFAULT_FUNNEL, mc, tc, tmp_path / "run", resume=True, progress=False)
 
 
 def test_independent_tasks_train_and_predict(small_cfgs, tmp_path):
