@@ -74,8 +74,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import lzma
-import os
-import shutil
 import time
 import zipfile
 import zlib
@@ -90,6 +88,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features.contract import DAY_PREFIX, ContractError, FunnelDataset, check_dataset, ingest, split_days
+from models.atomic import scratch_dir
 from models.tasks import TaskGraph, TaskSpec
 
 EPOCH = pd.Timestamp("2020-01-01T00:00:00Z")
@@ -611,11 +610,8 @@ def convert(fmt: str, source: Path, raw_dir: Path, tasks: TaskGraph | None = Non
     check_tasks(fmt, tasks, str(source))  # before any row is read
     files = source_files(Path(source), adapter.suffixes)
     t0 = time.perf_counter()
-    # Named like models.atomic's temps (.<name>.tmp-<pid>): clean_stale removes it if this run dies.
-    staging = Path(raw_dir).parent / f".{Path(raw_dir).name}-convert.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    writers = _DayWriters(staging)
-    try:
+    with scratch_dir(raw_dir) as staging:  # removed on exit, and by the next step if this run dies
+        writers = _DayWriters(staging)
         try:
             rows_per_file = _stream(adapter, files, tasks, chunk_rows, writers)
         finally:
@@ -633,8 +629,5 @@ def convert(fmt: str, source: Path, raw_dir: Path, tasks: TaskGraph | None = Non
                                                  "carrying them"},
             "convert_seconds": round(seconds, 3), "rows_per_sec": round(rows / max(seconds, 1e-9)),
         }
-        summary["ingest"] = ingest(staging, raw_dir, tasks, quarantine_dir, new_lineage,
-                                   label=str(source))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        summary["ingest"] = ingest(staging, raw_dir, tasks, quarantine_dir, new_lineage, label=str(source))
     return summary

@@ -93,6 +93,20 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
         _remove(old)
 
 
+@contextmanager
+def scratch_dir(beside: Path | str) -> Iterator[Path]:
+    """Yield an empty work folder next to ``beside`` (same file system), removed on exit; never swapped
+    in. Named like the temps above, so ``clean_stale`` removes it if the process dies."""
+    beside = Path(beside)
+    path = _aside(beside.with_name(f"{beside.name}-scratch"), TMP)
+    _remove(path)
+    path.mkdir(parents=True)
+    try:
+        yield path
+    finally:
+        _remove(path)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -7,6 +7,7 @@ import pytest
 
 from features.contract import (
     DAY_PREFIX,
+    ContractError,
     FunnelDataset,
     MissingInput,
     PartitionsQuarantined,
@@ -159,6 +160,23 @@ def test_new_lineage_empties_the_store(tmp_path, data):
     assert out["lineage"] != old and lineage(raw)["reason"] == "a new shop"
     assert raw_days(raw) == ["2026-10-01", "2026-10-02"]
     assert sorted(p.name for p in raw.iterdir() if p.is_dir()) == ["dt=2026-10-01", "dt=2026-10-02"]
+
+
+def test_a_rejected_source_changes_nothing_also_as_a_new_lineage_or_flat_and_empty(tmp_path, data):
+    raw, quarantine = _store(tmp_path)
+    write_partitioned(data, tmp_path / "a")
+    ingest(tmp_path / "a", raw, DEFAULT_FUNNEL, quarantine)
+    before = _files(raw)
+    _edit_day(tmp_path / "a", DAYS[0], lambda d: d.assign(value=np.inf))
+    for day in DAYS[1:]:
+        _edit_day(tmp_path / "a", day, lambda d: d.assign(extra=1.0))
+    with pytest.raises(PartitionsQuarantined) as err:  # every day bad: the old lineage stays
+        ingest(tmp_path / "a", raw, DEFAULT_FUNNEL, quarantine, new_lineage="a new shop")
+    assert sorted(err.value.reasons) == DAYS and _files(raw) == before
+    write_dataset(FunnelDataset(data.impressions.head(0), data.users, data.items), tmp_path / "flat")
+    with pytest.raises(ContractError, match="source has no impressions"):
+        ingest(tmp_path / "flat", raw, DEFAULT_FUNNEL, quarantine)
+    assert _files(raw) == before
 
 
 def test_empty_store_names_ingest(tmp_path):

@@ -109,26 +109,27 @@ def test_a_relative_params_path_is_the_callers(tmp_path, monkeypatch):
 
 
 def test_temps_of_a_killed_step_are_removed_by_the_next_one(tmp_path):
-    """kill -9 inside each kind of atomic write (a folder swap cut between its renames included); the next
-    step's start removes the temps and puts the old folder back."""
+    """kill -9 inside each kind of atomic write (a folder swap cut between its renames included) and in a
+    scratch folder (an adapter's conversion): the next step's start removes the temps and puts the old
+    folder back."""
     crash = """
 import os, signal, sys
 from pathlib import Path
-from models.atomic import OLD, atomic_dir, atomic_file
+from models.atomic import OLD, atomic_dir, atomic_file, scratch_dir
 root = Path(sys.argv[1])
 (root / "registry" / "versions").mkdir(parents=True)
 aside = root / f".features{OLD}{os.getpid()}"  # a swap cut between its renames: features/ moved aside
 aside.mkdir()
 (aside / "kept.parquet").write_text("old")
-with atomic_file(root / "model" / "model.pt") as f, atomic_dir(root / "raw") as d, \
-        atomic_dir(root / "registry" / "versions" / "v0002") as v:
+with atomic_file(root / "model" / "model.pt") as f, atomic_dir(root / "raw") as d, \\
+        atomic_dir(root / "registry" / "versions" / "v0002") as v, scratch_dir(root / "raw"):
     f.write_text("half"); (d / "dt=2026-09-01").mkdir(); (v / "model.onnx").write_text("half")
     os.kill(os.getpid(), signal.SIGKILL)
 """
     res = subprocess.run([sys.executable, "-c", crash, str(tmp_path)], cwd=REPO, capture_output=True, timeout=60)
     assert res.returncode == -9
     left = sorted(p.name for p in tmp_path.rglob(".*"))
-    assert len(left) == 4 and all(".tmp-" in n or ".old-" in n for n in left), left
+    assert len(left) == 5 and all(".tmp-" in n or ".old-" in n for n in left), left
     assert _cli("generate", "--rows", "300", "--days", "1", data_dir=tmp_path).returncode == 0
     assert not [p for p in tmp_path.rglob(".*") if ".tmp-" in p.name or ".old-" in p.name]
     assert (tmp_path / "features" / "kept.parquet").read_text() == "old"
@@ -136,6 +137,10 @@ with atomic_file(root / "model" / "model.pt") as f, atomic_dir(root / "raw") as 
 
 def test_registry_and_validation_failures_are_one_line(tmp_path, monkeypatch):
     assert "no champion to roll back from" in _one_line_failure(_invoke("rollback", data_dir=tmp_path).stderr)
+    (tmp_path / "in.parquet").write_bytes(b"")
+    line = _one_line_failure(_invoke("predict", "--input", str(tmp_path / "in.parquet"), "--output",
+                                     str(tmp_path / "out.parquet"), data_dir=tmp_path).stderr)
+    assert line == f"error: no champion in {tmp_path / 'registry'}: run `funnelflow run` (or `dvc repro`) first"
 
     def failed(params, paths):
         raise ValidationFailed("## Training-set validation FAILED: 4/5 expectations met\n\n| a | b |\n\n"
