@@ -33,6 +33,10 @@ def _plant(paths, candidate, version=None, champion=None, params=None):
         (paths.evaluation / steps.EVALUATED).write_text(json.dumps(steps._candidate(params, paths)))
     paths.champion.mkdir(parents=True)
     (paths.champion / "champion.json").write_text(json.dumps({"version": version, "metrics": champion or {}}))
+    if version is not None:  # the registry's champion that `score-champion` scored
+        (paths.registry / "versions" / version).mkdir(parents=True)
+        (paths.registry / "versions" / version / "release.json").write_text('{"model_sha256": "another model"}')
+        (paths.registry / "champion.json").write_text(json.dumps({"version": version}))
 
 
 def test_gate_decides_from_the_candidate_and_champion_records(params, paths):
@@ -45,6 +49,7 @@ def test_gate_decides_from_the_candidate_and_champion_records(params, paths):
     blessing = json.loads((paths.gate / "blessing.json").read_text())
     assert blessing["champion_version"] == "v0003" and not blessing["blessed"]
     # No champion yet: change bounds are not checked.
+    (paths.registry / "champion.json").unlink()
     (paths.champion / "champion.json").write_text(json.dumps({"version": None, "metrics": {}}))
     out = steps.gate(cfg, paths)
     assert out["blessed"] and out["champion"] is None and out["checks"] == 1
