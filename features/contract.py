@@ -112,7 +112,7 @@ def _table_path(root: Path, name: str) -> Path:
     for cand in (root / f"{name}.parquet", root / name):
         if cand.exists():
             return cand
-    raise ContractError(str(root / f"{name}.parquet"), "-", "file (or folder of Parquet parts) is missing")
+    raise ContractError(str(root / f"{name}.parquet"), "-", "file (or folder of Parquet parts) is missing: add it")
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -151,14 +151,15 @@ def _check_names(df: pd.DataFrame, file: str) -> None:
 def _check_key_and_time(df: pd.DataFrame, file: str, key: str) -> None:
     for col in (key, "event_timestamp"):
         if col not in df.columns:
-            raise ContractError(file, col, "required column is missing")
+            raise ContractError(file, col, "required column is missing: add it")
     if not pd.api.types.is_integer_dtype(df[key]):
-        raise ContractError(file, key, f"must be int64, found {df[key].dtype}")
-    _fail_if(df[key].isna(), df, file, key, "must not be null", [key])
+        raise ContractError(file, key, f"must be int64, found {df[key].dtype}: cast the ids to int64")
+    _fail_if(df[key].isna(), df, file, key, "must not be null: drop those rows", [key])
     ts = df["event_timestamp"]
     if not isinstance(ts.dtype, pd.DatetimeTZDtype) or str(ts.dtype.tz) not in ("UTC", "utc"):
-        raise ContractError(file, "event_timestamp", f"must be a UTC timestamp (tz-aware), found {ts.dtype}")
-    _fail_if(ts.isna(), df, file, "event_timestamp", "must not be null", [key, "event_timestamp"])
+        raise ContractError(file, "event_timestamp", f"must be a UTC timestamp (tz-aware), found {ts.dtype}: "
+                            "localise or convert it to UTC")
+    _fail_if(ts.isna(), df, file, "event_timestamp", "must not be null: drop those rows", [key, "event_timestamp"])
     _fail_if(ts.dt.nanosecond != 0, df, file, "event_timestamp",
              "sub-microsecond precision would be lost: round the timestamps to microseconds", [key, "event_timestamp"])
     latest = pd.Timestamp.now(tz="UTC") + FUTURE_SLACK
@@ -175,14 +176,16 @@ def _check_feature_columns(df: pd.DataFrame, file: str, reserved: set[str]) -> p
             continue
         dtype = df[col].dtype
         if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_integer_dtype(dtype):
-            _fail_if(df[col].isna(), df, file, col, "categorical id must not be null", [col])
+            _fail_if(df[col].isna(), df, file, col,
+                     "categorical id must not be null: fill an explicit unknown id (e.g. -1)", [col])
             out[col] = df[col].astype(np.int64)
         elif pd.api.types.is_float_dtype(dtype):
             _fail_if(np.isinf(df[col].to_numpy(np.float64)), df, file, col,
                      "numeric value must be finite: replace inf with null (missing) or a finite value", [col])
             out[col] = df[col].astype(np.float64)
         else:
-            raise ContractError(file, col, f"must be int64 (categorical) or float64 (numeric), found {dtype}")
+            raise ContractError(file, col, f"must be int64 (categorical) or float64 (numeric), found {dtype}: "
+                                                 "cast or drop the column")
     return df.assign(**out) if out else df
 
 
@@ -190,19 +193,22 @@ def _check_labels(df: pd.DataFrame, file: str, tasks: TaskGraph) -> pd.DataFrame
     out = {}
     for t in tasks.tasks:
         if t.column not in df.columns:
-            raise ContractError(file, t.column, f"label column of task '{t.name}' is missing")
+            raise ContractError(file, t.column, f"label column of task '{t.name}' is missing: add it, or change "
+                                "params.yaml tasks")
         y = df[t.column]
-        _fail_if(y.isna(), df, file, t.column, "label must not be null", ["impression_id", t.column])
+        _fail_if(y.isna(), df, file, t.column, "label must not be null: drop unlabelled rows",
+                 ["impression_id", t.column])
         if t.kind == "binary":
             if not (pd.api.types.is_integer_dtype(y) or pd.api.types.is_bool_dtype(y)):
-                raise ContractError(file, t.column, f"binary label must be int8 0/1, found {y.dtype}")
-            _fail_if(~y.isin([0, 1]), df, file, t.column, "binary label must be 0 or 1",
+                raise ContractError(file, t.column, f"binary label must be int8 0/1, found {y.dtype}: map it to 0/1")
+            _fail_if(~y.isin([0, 1]), df, file, t.column, "binary label must be 0 or 1: map it to 0/1",
                      ["impression_id", t.column])
             out[t.column] = y.astype(np.int8)
         else:
             if not pd.api.types.is_numeric_dtype(y):
-                raise ContractError(file, t.column, f"regression label must be float64, found {y.dtype}")
-            _fail_if(y < 0, df, file, t.column, "value must not be negative", ["impression_id", t.column])
+                raise ContractError(file, t.column, f"regression label must be float64, found {y.dtype}: cast it")
+            _fail_if(y < 0, df, file, t.column, "value must not be negative: an amount is >= 0",
+                     ["impression_id", t.column])
             _fail_if(~np.isfinite(y.to_numpy(np.float64)), df, file, t.column, "value must be finite (inf found)",
                      ["impression_id", t.column])
             out[t.column] = y.astype(np.float64)
@@ -213,7 +219,8 @@ def _check_labels(df: pd.DataFrame, file: str, tasks: TaskGraph) -> pd.DataFrame
         rule = ("positive value without its parent step" if t.kind == "regression"
                 else "positive step without its parent step")
         _fail_if((df[t.column] > 0) & (df[t.parent] == 0), df, file, t.column,
-                 f"funnel rule: {rule} '{t.parent}'", ["impression_id", t.parent, t.column])
+                 f"funnel rule: {rule} '{t.parent}': fix the labels (the parent step is 1 wherever this one is "
+                 "positive)", ["impression_id", t.parent, t.column])
     return df
 
 
@@ -227,20 +234,21 @@ def check_table(name: str, df: pd.DataFrame, tasks: TaskGraph | None, file: str)
     _check_names(df, file)
     for k in sorted(keys - {key}):
         if k not in df.columns:
-            raise ContractError(file, k, "required column is missing")
+            raise ContractError(file, k, "required column is missing: add it")
         if not pd.api.types.is_integer_dtype(df[k]):
-            raise ContractError(file, k, f"must be int64, found {df[k].dtype}")
-        _fail_if(df[k].isna(), df, file, k, "must not be null", [key, k])
+            raise ContractError(file, k, f"must be int64, found {df[k].dtype}: cast the ids to int64")
+        _fail_if(df[k].isna(), df, file, k, "must not be null: drop those rows", [key, k])
     _check_key_and_time(df, file, key)
     labels = set(tasks.names) if name == "impressions" and tasks is not None else set()
     if name == "impressions":
         dup = df[key].duplicated(keep=False)
-        _fail_if(dup, df, file, key, "impression_id must be unique", [key, "event_timestamp"])
+        _fail_if(dup, df, file, key, "impression_id must be unique: drop the duplicates", [key, "event_timestamp"])
         if tasks is not None:
             df = _check_labels(df, file, tasks)
     else:
         dup = df.duplicated([key, "event_timestamp"], keep=False)
-        _fail_if(dup, df, file, key, "one row per (key, event_timestamp)", [key, "event_timestamp"])
+        _fail_if(dup, df, file, key, "one row per (key, event_timestamp): drop the duplicates",
+                 [key, "event_timestamp"])
     df = _check_feature_columns(df, file, keys | {"event_timestamp"} | labels)
     df = df.astype({k: np.int64 for k in keys}).astype({"event_timestamp": "datetime64[us, UTC]"})
     return df.reset_index(drop=True)
