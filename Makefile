@@ -26,8 +26,10 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 run: setup
 	$(VENV)/bin/funnelflow run
 
+# Two workers, one test file at a time each (--dist loadfile): the users of the ci_blessed fixture (one
+# `dvc repro`) share a file, and so do the tests on a real Prefect API (never two servers at once).
 test: setup bench-setup lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 # ruff (style, imports, docstrings) and mypy (types); both must be clean.
 lint: setup
@@ -35,7 +37,7 @@ lint: setup
 	$(VENV)/bin/mypy
 
 test-fast: setup bench-setup
-	$(PY) -m pytest -q -m "not e2e"
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not e2e"
 
 # Every benchmark, each printing its tables (docs/benchmarks.md); BENCH_ROWS=100000 for a quick pass.
 BENCH_ROWS ?= 100000 1000000 10000000

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
+if "PYTEST_XDIST_WORKER" in os.environ:  # `make test` runs two workers: each its own Prefect home (SQLite)
+    os.environ["PREFECT_HOME"] = f"{os.environ.get('PREFECT_HOME', '.prefect')}-{os.environ['PYTEST_XDIST_WORKER']}"
 REPO = Path(__file__).resolve().parents[1]
 
 
