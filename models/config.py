@@ -14,7 +14,7 @@ from pydantic import Field
 
 from models.strict import Strict
 
-LossName = Literal["auto", "bce", "ctcvr", "dependence"]
+LossName = Literal["auto", "bce", "ctcvr", "calibrated", "dependence"]
 
 
 class ModelConfigBase(Strict):
@@ -42,7 +42,8 @@ class ModelConfigBase(Strict):
 
     @property
     def penalty_weight(self) -> float:
-        """Weight of the ``dependence`` loss's monotonicity penalty (AITM's config overrides it)."""
+        """Weight of the monotonicity penalty of the ``calibrated`` and ``dependence`` losses (AITM's config
+        overrides it)."""
         return self.dependence_penalty
 
 

@@ -1,17 +1,21 @@
-"""Losses over the task graph, selectable per run (``model.loss``: auto | bce | ctcvr | dependence).
+"""Losses over the task graph, selectable per run (``model.loss``: auto | bce | ctcvr | calibrated | dependence).
 
 * ``bce``        -- conditional BCE per binary task on the rows where its parent is reached
                     (roots: all rows). The classic MTL objective (Shared-Bottom/MMoE/PLE/HTLNet).
 * ``ctcvr``      -- ESMM (Ma et al., SIGIR 2018): BCE of each step's JOINT probability
                     prod_{k<=t} p_k against the joint label over all impressions (for 2 steps:
                     BCE(click, pCTR) + BCE(click*conv, pCTR*pCVR); generalised to N steps).
+* ``calibrated`` -- AITM (Xi et al., KDD 2021): ``ctcvr`` + w * sum_t mean(relu(p_t - p_parent)) on joint
+                    probabilities, the behavioural expectation calibrator (w: ``calibrator``, 0.6).
 * ``dependence`` -- TAFE's dependence task learning loss (Tao et al. 2301.02494). The paper does not
-                    give its exact form; our reading: ``ctcvr`` + lambda * sum_t mean(relu(p_t - p_parent))
-                    on joint probabilities. With AITM (Xi et al., KDD 2021) the same penalty is the
-                    behavioural expectation calibrator, lambda = w (``calibrator``, 0.6). Note: our
-                    networks chain conditional heads, so in-model joints satisfy p_t <= p_parent exactly
-                    and the penalty is 0 there; it bites for joint probabilities produced any other way
-                    (tested on such inputs).
+                    give its exact form; our reading of "unbiased": the chain's exact negative
+                    log-likelihood per impression, sum_t mean_all_rows(reached_t * BCE(y_t, p_t|parent)),
+                    plus lambda * the same monotonicity penalty. Each impression's observed outcome
+                    counts once over the whole impression space: ``bce`` averages a step over the rows
+                    that reached its parent (a rare step weighs N / n_reached times more), ``ctcvr``
+                    counts the click evidence twice. The value term is scaled the same way.
+Our networks chain conditional heads, so in-model joints satisfy p_t <= p_parent exactly and the
+penalty is 0 there; it bites for joint probabilities produced any other way (tested on such inputs).
 * PWiseR add-on  -- Durmus et al. 2406.02163, our reading of it: see ``pwiser_loss``.
 * Regression     -- on log1p(value), only on rows where the parent is reached: MSE (``mse_log1p``)
                     or the Gaussian NLL of log1p(value) (``lognormal``).
@@ -121,17 +125,20 @@ def funnel_loss(
     extra = labels.new_zeros(())
     for i, t in enumerate(tasks.tasks):
         reached = joint[t.parent] if t.parent else torch.ones_like(labels[:, i])
+        per_impression = reached.mean() if loss_name == "dependence" else 1.0  # mean over reached -> over all
         if t.kind == "regression":
             # Down-weighted: a log-scale MSE on a few percent of rows is ~10x the classifiers' BCE and
             # otherwise swamps the shared layers (the imbalance HTLNet's gradient adjustment targets).
-            terms[t.name] = cfg.regression_weight * regression_loss(out, t.name, labels[:, i], reached, cfg.value_loss)
-        elif loss_name == "bce":
+            terms[t.name] = cfg.regression_weight * per_impression * regression_loss(
+                out, t.name, labels[:, i], reached, cfg.value_loss)
+            continue
+        if loss_name in ("bce", "dependence"):
             bce = F.binary_cross_entropy_with_logits(out[f"logit_{t.name}"].float(), labels[:, i], reduction="none")
-            terms[t.name] = masked_mean(bce, reached)
-        else:  # ctcvr / dependence: the joint over all impressions
+            terms[t.name] = per_impression * masked_mean(bce, reached)
+        else:  # ctcvr / calibrated: the joint over all impressions
             terms[t.name] = joint_bce(out[f"logp_{t.name}"], joint[t.name])
-            if loss_name == "dependence" and t.parent:
-                extra = extra + cfg.penalty_weight * monotonicity_penalty(out[f"p_{t.name}"], out[f"p_{t.parent}"])
+        if loss_name in ("calibrated", "dependence") and t.parent:
+            extra = extra + cfg.penalty_weight * monotonicity_penalty(out[f"p_{t.name}"], out[f"p_{t.parent}"])
     if cfg.pwiser_weight > 0:
         groups = pwiser_groups(labels, tasks)
         if groups is not None:

@@ -17,13 +17,13 @@ from models.tasks import TaskGraph
 class AITMConfig(ModelConfigBase):
     """params.yaml ``model`` with ``name: aitm``."""
 
-    paper_loss: ClassVar[LossName] = "dependence"
+    paper_loss: ClassVar[LossName] = "calibrated"
     name: Literal["aitm"] = "aitm"
     calibrator: float = Field(0.6, ge=0.0)  # w of the behavioural expectation calibrator (official code: 0.6)
 
     @property
     def penalty_weight(self) -> float:
-        """The calibrator weighs the ``dependence`` loss's penalty (``dependence_penalty`` is TAFE's)."""
+        """The calibrator weighs the ``calibrated`` loss's penalty (``dependence_penalty`` is TAFE's)."""
         return self.calibrator
 
 
@@ -32,7 +32,7 @@ class AITM(FunnelNet):
     info p_{t-1} = g(z_{t-1}) with q_t by attention: z_t = AIT([g_t(z_parent), q_t]). The paper
     transfers from task t-1; we use the graph parent (identical for a chain; root/independent tasks
     get no transfer). Its behavioural expectation calibrator w * mean(max(p_t - p_{t-1}, 0)) is the
-    penalty of the ``dependence`` loss, weighted by ``calibrator``."""
+    penalty of the ``calibrated`` loss (``ctcvr`` plus the penalty), weighted by ``calibrator``."""
 
     config_class = AITMConfig
 

@@ -81,7 +81,7 @@ def test_switch_model_keeps_the_shared_knobs():
 
 def test_paper_loss_and_penalty_weight_come_from_the_model_config():
     assert [MODELS[n].config_class.paper_loss for n in MODEL_NAMES] == [
-        "bce", "bce", "bce", "ctcvr", "dependence", "dependence", "bce"]
+        "bce", "bce", "bce", "ctcvr", "calibrated", "dependence", "bce"]
     assert parse_model_config({"name": "aitm", "calibrator": 0.3}).penalty_weight == 0.3
     assert parse_model_config({"name": "tafe", "dependence_penalty": 2.0}).penalty_weight == 2.0
     assert parse_model_config({"name": "aitm", "dependence_penalty": 2.0}).penalty_weight == 0.6

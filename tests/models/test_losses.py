@@ -33,10 +33,10 @@ def test_pwiser_hand_computed():
 
 
 @pytest.mark.parametrize("name,lam", [("tafe", 1.0), ("aitm", 0.6)])
-def test_dependence_loss_hand_computed(name, lam):
+def test_calibrated_loss_hand_computed(name, lam):
     out = _joint_out([0.5, 0.8], [0.6, 0.2])  # row 0 violates p_conv <= p_click by 0.1
     labels = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
-    total, terms = funnel_loss(out, labels, TWO, model_config(name, loss="dependence"))
+    total, terms = funnel_loss(out, labels, TWO, model_config(name, loss="calibrated"))
     bce_click = -(math.log(0.5) + math.log(0.2)) / 2
     bce_ctcvr = -(math.log(0.6) + math.log(0.8)) / 2
     assert terms["click"].item() == pytest.approx(bce_click, rel=1e-5)
@@ -44,6 +44,24 @@ def test_dependence_loss_hand_computed(name, lam):
     assert total.item() == pytest.approx(bce_click + bce_ctcvr + lam * 0.05, rel=1e-5)
     total_ctcvr, _ = funnel_loss(out, labels, TWO, model_config(name, loss="ctcvr"))
     assert total_ctcvr.item() == pytest.approx(bce_click + bce_ctcvr, rel=1e-5)  # ESMM: no penalty
+
+
+def test_dependence_loss_is_the_chains_likelihood_per_impression():
+    """TAFE's reading: each step's conditional BCE where its parent was reached, averaged over ALL
+    impressions (bce averages over the reached rows), plus the monotonicity penalty on joints."""
+    p_click = torch.tensor([0.5, 0.8])
+    out = {"logit_click": torch.logit(p_click), "p_click": p_click,
+           "logit_conversion": torch.logit(torch.tensor([0.4, 0.25])),  # p(conv | click)
+           "p_conversion": torch.tensor([0.6, 0.2])}  # joints made elsewhere: row 0 breaks p_conv <= p_click
+    labels = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    total, terms = funnel_loss(out, labels, TWO, model_config("tafe", loss="dependence"))
+    nll_click = -(math.log(0.5) + math.log(0.2)) / 2
+    nll_conv = -math.log(0.4) / 2  # one reached row of two impressions
+    assert terms["click"].item() == pytest.approx(nll_click, rel=1e-5)
+    assert terms["conversion"].item() == pytest.approx(nll_conv, rel=1e-5)
+    assert total.item() == pytest.approx(nll_click + nll_conv + 1.0 * 0.05, rel=1e-5)
+    _, bce_terms = funnel_loss(out, labels, TWO, model_config("tafe", loss="bce"))
+    assert bce_terms["conversion"].item() == pytest.approx(2 * nll_conv, rel=1e-5)  # N / n_reached = 2
 
 
 def test_bce_is_conditional_on_parent_rows():
