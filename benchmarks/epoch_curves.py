@@ -23,6 +23,12 @@ from models.train import train_model
 # name -> (model fields, train fields); "name" in the model fields switches the model.
 VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "params.yaml": ({}, {}),
+    "before: embedding_l2 0, constant lr": ({"embedding_l2": 0.0}, {"lr_schedule": "constant"}),
+    "embedding_l2 0": ({"embedding_l2": 0.0}, {}),
+    "constant lr": ({}, {"lr_schedule": "constant"}),
+    "no id embeddings (min_count 1e9)": ({"min_count": 10**9}, {}),
+    "loss dependence": ({"loss": "dependence"}, {}),
+    "tafe": ({"name": "tafe"}, {}),
     "lr 0.002": ({}, {"lr": 0.002}),
     "lr 0.002, batch 1024": ({}, {"lr": 0.002, "batch_size": 1024}),
     "min_count 20": ({"min_count": 20}, {}),

@@ -7,7 +7,7 @@ the key, and the run records the params it used (``params.used.yaml`` beside the
 """
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -32,6 +32,7 @@ class ModelOverrides(Strict):
     loss: LossName | None = None
     regression_weight: float | None = None
     pwiser_weight: float | None = None
+    embedding_l2: float | None = None
     batch_norm: bool | None = None
 
 
@@ -41,6 +42,7 @@ class TrainOverrides(Strict):
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
+    lr_schedule: Literal["constant", "cosine"] | None = None
     weight_decay: float | None = None
     patience: int | None = None
     seed: int | None = None

@@ -32,6 +32,10 @@ class ModelConfigBase(Strict):
     pwiser_weight: float = Field(0.0, ge=0.0)
     regression_weight: float = Field(0.1, ge=0.0)  # weight of each regression task's loss in the total
     min_count: int = Field(2, ge=1)
+    # Frequency-aware L2 on the embedding rows each batch uses (DIN's mini-batch aware regularisation):
+    # without it, user/item id embeddings memorise the few positives per id within one epoch and
+    # every model peaks at epoch 0 (docs/benchmarks.md#why-models-stopped-after-one-epoch).
+    embedding_l2: float = Field(0.1, ge=0.0)
     # BatchNorm1d after every hidden Linear and gate (towers, bottoms, experts; torch-rechub's MLP
     # does this). Off by default: measured +0.012 AUC after 2 epochs at batch 4096 (shared_bottom,
     # benchmarks/peer_rechub.py) for ~9% throughput; a training batch needs >= 2 rows.
@@ -50,9 +54,10 @@ class ModelConfigBase(Strict):
 class TrainConfig(Strict):
     """params.yaml ``train``."""
 
-    epochs: int = Field(4, ge=1)
+    epochs: int = Field(6, ge=1)
     batch_size: int = Field(4096, ge=1)
     lr: float = Field(0.01, gt=0.0)
+    lr_schedule: Literal["constant", "cosine"] = "cosine"  # cosine: decays to 0 over ``epochs``, per step
     weight_decay: float = Field(0.0, ge=0.0)
     patience: int = Field(2, ge=0)
     seed: int = 7

@@ -17,6 +17,7 @@
 Our networks chain conditional heads, so in-model joints satisfy p_t <= p_parent exactly and the
 penalty is 0 there; it bites for joint probabilities produced any other way (tested on such inputs).
 * PWiseR add-on  -- Durmus et al. 2406.02163, our reading of it: see ``pwiser_loss``.
+* Embedding L2   -- ``frequency_l2``, DIN's mini-batch aware regularisation, added by the training loop.
 * Regression     -- on log1p(value), only on rows where the parent is reached: MSE (``mse_log1p``)
                     or the Gaussian NLL of log1p(value) (``lognormal``).
 ``auto`` is the model's paper loss (its config's ``paper_loss``). The per-task terms are returned
@@ -75,6 +76,17 @@ def pwiser_loss(score: Tensor, pos: Tensor, mid: Tensor, neg: Tensor, m1: float,
         if s_p.numel() and s_g.numel():
             total = total + F.relu(margin - (s_p[:, None] - s_g[None, :])).mean()
     return total
+
+
+def frequency_l2(weight: Tensor, rows: Tensor, counts: Tensor) -> Tensor:
+    """DIN's mini-batch aware regularisation (Zhou et al., KDD 2018): sum_j ||w_j||^2 / n_j over the
+    embedding rows j the batch uses, n_j = row j's count on the training split. Only rows in the
+    batch are touched (an L2 on the whole table would cost a pass over it every step), and a rare id
+    is held back more than a frequent one relative to the evidence it gets: the rare ids are the ones
+    that memorise their few positives."""
+    used = torch.unique(rows)
+    w = weight.index_select(0, used).float()
+    return ((w * w).sum(1) / counts.index_select(0, used)).sum()
 
 
 def regression_loss(out: dict[str, Tensor], name: str, y: Tensor, mask: Tensor, kind: str) -> Tensor:

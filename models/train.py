@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 from models.atomic import atomic_file, write_json, write_text
 from models.config import TrainConfig
 from models.digest import ArtifactRefused
-from models.losses import funnel_loss
+from models.losses import frequency_l2, funnel_loss
 from models.metrics import evaluate_predictions, mean_auc
 from models.networks import FunnelNet, ModelConfig, build_model, parse_model_config, prediction_columns
 from models.plots import save_csv, save_png
@@ -193,11 +194,30 @@ def _set_rng_state(state: dict[str, Any], gen: torch.Generator, device: torch.de
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def step_lrs(cfg: TrainConfig, epoch: int, steps: int) -> list[float] | None:
+    """The learning rate of each of ``epoch``'s ``steps`` optimizer steps (None: leave it at ``lr``).
+    ``cosine`` decays from ``lr`` towards 0 over all ``epochs``: the late steps refine instead of
+    re-fitting single batches. A function of the epoch alone, so a resumed run gets the same rates."""
+    if cfg.lr_schedule == "constant":
+        return None
+    total = cfg.epochs * steps
+    return [cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch * steps + k) / total)) for k in range(steps)]
+
+
+def id_counts(net: FunnelNet, cat: torch.Tensor) -> torch.Tensor:
+    """Training-split count of every embedding row (at least 1), for ``frequency_l2``."""
+    rows = net.input.embedding.weight.shape[0]
+    return torch.bincount(net.input.rows(cat), minlength=rows).clamp(min=1).float()
+
+
 def run_epoch(net: FunnelNet, opt: torch.optim.Optimizer, cat: torch.Tensor, num: torch.Tensor, y: torch.Tensor,
               tasks: TaskGraph, model_cfg: ModelConfig, batch_size: int, gen: torch.Generator,
               amp_ctx: AbstractContextManager[Any], scaler: torch.amp.GradScaler,
-              progress: bool = False, desc: str = "") -> tuple[float, float]:
-    """One pass over a random permutation of the in-memory rows; returns (mean loss, seconds)."""
+              progress: bool = False, desc: str = "", lrs: list[float] | None = None,
+              counts: torch.Tensor | None = None) -> tuple[float, float]:
+    """One pass over a random permutation of the in-memory rows; returns (mean loss, seconds).
+    ``lrs``: the learning rate of each step (``step_lrs``); ``counts``: the embedding rows' training
+    counts, given when ``model_cfg.embedding_l2`` > 0."""
     net.train()
     t0 = time.perf_counter()
     n = len(cat)
@@ -211,6 +231,12 @@ def run_epoch(net: FunnelNet, opt: torch.optim.Optimizer, cat: torch.Tensor, num
         with amp_ctx:
             out = net(cat[idx], num[idx])
         total, terms = funnel_loss(out, y[idx], tasks, model_cfg)
+        if counts is not None:
+            total = total + model_cfg.embedding_l2 * frequency_l2(net.input.embedding.weight,
+                                                                  net.input.rows(cat[idx]), counts)
+        if lrs is not None:
+            for group in opt.param_groups:
+                group["lr"] = lrs[step]
         opt.zero_grad(set_to_none=True)
         if scaler.is_enabled():
             net.backward({k: scaler.scale(v) for k, v in terms.items()}, scaler.scale(total))
@@ -334,13 +360,15 @@ def train_model(
 
     better = (lambda a, b: a > b) if train_cfg.monitor_mode == "max" else (lambda a, b: a < b)
     n, bs = len(cat), train_cfg.batch_size
+    counts = id_counts(net, cat) if model_cfg.embedding_l2 > 0 else None
     train_seconds, samples = 0.0, 0
     stopped = best.bad_epochs > 0 and best.bad_epochs >= train_cfg.patience
     for epoch in range(start_epoch, train_cfg.epochs):
         if stopped:
             break
         train_loss, epoch_seconds = run_epoch(net, opt, cat, num, y, tasks, model_cfg, bs, gen, amp_ctx, scaler,
-                                              progress, f"{model_cfg.name} epoch {epoch}")
+                                              progress, f"{model_cfg.name} epoch {epoch}",
+                                              step_lrs(train_cfg, epoch, math.ceil(n / bs)), counts)
         train_seconds += epoch_seconds
         samples += n
 

@@ -127,9 +127,13 @@ class FeatureInput(nn.Module):
         self.n_fields, self.dim, self.n_numeric = len(cardinalities), dim, n_numeric
         self.out_dim = len(cardinalities) * dim + n_numeric
 
+    def rows(self, cat: Tensor) -> Tensor:
+        """The embedding-table rows of categorical codes [N, C], flattened."""
+        return (cat + self.offsets).flatten()
+
     def forward(self, cat: Tensor, num: Tensor) -> Tensor:
         # index_select rather than nn.Embedding's lookup: its backward (index_add) is ~1.6x faster on CPU
-        flat = self.embedding.weight.index_select(0, (cat + self.offsets).flatten())
+        flat = self.embedding.weight.index_select(0, self.rows(cat))
         emb = flat.view(cat.shape[0], self.n_fields * self.dim)
         return torch.cat([emb, num.to(emb.dtype)], dim=1)
 

@@ -96,3 +96,14 @@ def test_htlnet_gradient_adjustment_hand_computed():
     torch.testing.assert_close(g, torch.tensor([0.55, 0.55]))
     g = adjust_gradient(torch.tensor([1.0, 0.0]), torch.tensor([100.0, 0.0]), gamma=0.5, clip=10.0)
     torch.testing.assert_close(g, torch.tensor([5.5, 0.0]))  # no conflict; ratio clipped at 10
+
+
+def test_frequency_l2_hand_computed():
+    from models.losses import frequency_l2
+    w = torch.tensor([[1.0, 0.0], [2.0, 2.0], [0.0, 3.0]], requires_grad=True)
+    counts = torch.tensor([100.0, 4.0, 1.0])
+    # rows 1 and 2 used (1 twice in the batch, counted once): 8/4 + 9/1; row 0 untouched
+    got = frequency_l2(w, torch.tensor([1, 2, 1]), counts)
+    assert got.item() == pytest.approx(11.0)
+    got.backward()
+    assert w.grad is not None and w.grad[0].abs().sum() == 0 and torch.allclose(w.grad[2], torch.tensor([0.0, 6.0]))

@@ -1,3 +1,4 @@
+import itertools
 import json
 import logging
 from pathlib import Path
@@ -137,3 +138,30 @@ def test_one_log_line_per_epoch_without_progress_bar(caplog, small_cfgs, tmp_pat
     assert len(lines) == tc.epochs
     assert lines[0].startswith("mmoe epoch 1/2: train loss ") and "valid mean_auc 0." in lines[0]
     assert all(k in lines[1] for k in ("epoch 2/2", "best ", "samples/s"))
+
+
+def test_cosine_schedule_decays_over_all_epochs():
+    from models.config import TrainConfig
+    from models.train import step_lrs
+    tc = TrainConfig(epochs=3, lr=0.01)
+    lrs = [lr for e in range(3) for lr in step_lrs(tc, e, 4) or []]
+    assert len(lrs) == 12 and lrs[0] == pytest.approx(0.01) and all(a > b for a, b in itertools.pairwise(lrs))
+    assert lrs[6] == pytest.approx(0.005) and 0 < lrs[-1] < 0.001  # half-way: lr/2; the last step near 0
+    assert step_lrs(tc.model_copy(update={"lr_schedule": "constant"}), 1, 4) is None
+
+
+def test_embedding_l2_holds_rare_ids_back(small_cfgs, tmp_path):
+    """3000 users with ~4 training rows each: without the regulariser their embeddings grow to fit those
+    few rows; with it, they stay several times smaller (the one-epoch overfitting's mechanism)."""
+    train, _ = make_funnel(12000, seed=1, n_users=3000)
+    valid, _ = make_funnel(2000, seed=2, n_users=3000)
+    mc, tc = small_cfgs
+    tc = tc.model_copy(update={"epochs": 3})
+    norms = []
+    for l2 in (0.0, 1.0):
+        res = train_model(train, valid, DEFAULT_FUNNEL, mc.model_copy(update={"embedding_l2": l2}), tc,
+                          tmp_path / str(l2), progress=False)
+        m = load_model(res.out_dir)
+        users = len(m.preprocessor.vocab["user_id"]) + 1  # user_id is the first categorical column
+        norms.append(float((m.net.input.embedding.weight.detach()[1:users] ** 2).sum(1).mean()))
+    assert norms[1] < 0.5 * norms[0], norms
