@@ -51,6 +51,23 @@ def census_params(params_path=None, model: str = "mmoe", epochs: int = 3, seed: 
     return Params(**raw)
 
 
+def census_data(source: Path, seed_dir: Path, params: Params) -> Paths:
+    """The census rows shuffled with ``params.train.seed`` (a different time split per seed), through the
+    data steps (ingest .. validate) into ``seed_dir/data``; returns its Paths."""
+    from flows import steps
+
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    shuffled = seed_dir / "census.csv.gz"
+    df = pd.read_csv(source, header=None, dtype=str, keep_default_na=False)
+    df.sample(frac=1.0, random_state=params.train.seed).to_csv(shuffled, header=False, index=False)
+    paths = Paths(seed_dir / "data")
+    steps.ingest(params, paths, source=shuffled, fmt="census-kdd")
+    for step in (steps.build_features, steps.features_apply, steps.features_materialize,
+                 steps.training_set, steps.validate):
+        step(params, paths)
+    return paths
+
+
 def _metric_names(params: Params) -> list[str]:
     return [f"{t.name}/auc" if t.kind == "binary" else f"{t.name}/rmse" for t in params.task_graph.tasks]
 
@@ -65,18 +82,8 @@ def benchmark_census(source: Path, work_dir: Path, models: list[str] | None = No
     runs: list[dict] = []
     t_all = time.perf_counter()
     for seed in seeds:
-        seed_dir = work_dir / f"seed{seed}"
-        seed_dir.mkdir(parents=True, exist_ok=True)
-        shuffled = seed_dir / "census.csv.gz"
-        df = pd.read_csv(source, header=None, dtype=str, keep_default_na=False)
-        df.sample(frac=1.0, random_state=seed).to_csv(shuffled, header=False, index=False)
-        paths = Paths(seed_dir / "data")
-        base = census_params(params_path, models[0], epochs, seed)
         t0 = time.perf_counter()
-        steps.ingest(base, paths, source=shuffled, fmt="census-kdd")
-        for step in (steps.build_features, steps.features_apply, steps.features_materialize,
-                     steps.training_set, steps.validate):
-            step(base, paths)
+        paths = census_data(source, work_dir / f"seed{seed}", census_params(params_path, models[0], epochs, seed))
         print(f"[seed {seed}] data pipeline done in {time.perf_counter() - t0:.1f}s", flush=True)
         for name in models:
             params = census_params(params_path, name, epochs, seed)

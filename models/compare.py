@@ -50,7 +50,8 @@ def compare_models(
     work_dir: str | Path | None = None, progress: bool = False, gbdt: bool = True,
 ) -> pd.DataFrame:
     """One row per (model, loss[, +pwiser]): columns model, loss, pwiser_weight, paper_loss,
-    best_epoch, train_seconds, samples_per_sec, then every ``task/metric`` on test (oracle gaps
+    best_epoch, valid_score (the training monitor at the best epoch), train_seconds,
+    samples_per_sec, then every ``task/metric`` on test (oracle gaps
     included when ``oracle_df`` is given). Model dirs go to ``work_dir`` (temp dir if None).
     With ``gbdt``, the LightGBM baseline's rows follow (see ``_gbdt_rows``)."""
     models = models or list(MODEL_NAMES)
@@ -65,6 +66,7 @@ def compare_models(
             metrics = evaluate_predictions(test_df, preds, tasks, oracle_df)
             rows.append({"model": name, "loss": loss + ("+pwiser" if pw else ""), "pwiser_weight": pw,
                          "paper_loss": loss == cfg.paper_loss, "best_epoch": res.best_epoch,
+                         "valid_score": res.best_score,
                          "train_seconds": res.train_seconds, "samples_per_sec": res.samples_per_sec, **metrics})
     if gbdt:
         rows += _gbdt_rows(train_df, valid_df, test_df, tasks, train_cfg, oracle_df)
