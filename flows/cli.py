@@ -22,7 +22,7 @@ from flows import steps
 from flows.console import EXPECTED, one_line, quiet
 from flows.gate import GateFailed
 from flows.lock import data_dir_lock
-from flows.params import Params, Paths, load_params
+from flows.params import TUNED_FILE, Params, Paths, load_params, params_file
 from models.atomic import atomic_dir, write_json
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -59,10 +59,11 @@ def _expected_failures() -> Iterator[None]:
 
 
 def _run(step: Callable[..., dict], *args: Any, overrides: dict[str, dict] | None = None,
-         echo: bool = True, **kwargs: Any) -> dict:
-    """Run a step on params.yaml (``overrides``: section -> fields) and the data dir; print its summary."""
+         echo: bool = True, tuned: bool = True, **kwargs: Any) -> dict:
+    """Run a step on params.yaml (``overrides``: section -> fields; ``tuned``: with tuned.yaml's values
+    when ``tune.apply`` says so) and the data dir; print its summary."""
     with _expected_failures():
-        params = _override(load_params(_State.params_path), overrides or {})
+        params = _override(load_params(_State.params_path, tuned=tuned), overrides or {})
         with _locked():
             out = step(params, _paths(), *args, **kwargs)
     if echo:
@@ -324,6 +325,22 @@ def compare(
     """Train every model (with each applicable loss) on the current training set and the same seed;
     print per-task test metrics, oracle gaps, training time and samples/s."""
     typer.echo(_run(steps.compare, models, losses, epochs, out, echo=False)["table"])
+
+
+@app.command()
+def tune(
+    trials: int | None = typer.Option(None, min=1, help="trials this run (default: params tune.trials)"),
+    timeout_minutes: float | None = typer.Option(
+        None, "--timeout-minutes", min=0.1, help="no trial starts after this (default: params tune.timeout_minutes)"),
+    seed: int | None = typer.Option(None, help="the sampler's seed (default: params tune.seed)"),
+) -> None:
+    """Optuna search of params.yaml tune.space for the configured model, scored on the validation split
+    (the test split is never read); the best values go to tuned.yaml beside params.yaml, which the
+    pipeline trains with when params.yaml sets tune.apply: true. A rerun continues the study."""
+    fields = {"trials": trials, "timeout_minutes": timeout_minutes, "seed": seed}
+    # The search starts from params.yaml alone: its own tuned.yaml never shifts what it searches from.
+    _run(steps.tune, params_file(_State.params_path).with_name(TUNED_FILE), tuned=False,
+         overrides={"tune": {k: v for k, v in fields.items() if v is not None}})
 
 
 @app.command()

@@ -6,7 +6,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -15,7 +15,7 @@ from pydantic_core import PydanticCustomError
 from features.engineering import FeatureConfig
 from features.training_set import SplitConfig
 from features.validation import ValidationConfig
-from models.config import ExportConfig, TrainConfig
+from models.config import ExportConfig, LossName, TrainConfig
 from models.networks import ModelConfig, parse_model_config
 from models.strict import Strict
 from models.tasks import TaskGraph, TaskSpec
@@ -95,6 +95,60 @@ class NotifyConfig(Strict):
     block: str | None = Field(None, pattern=r"^[^/\s]+/[^/\s]+$")
 
 
+class FloatRange(Strict):
+    """A float knob's search range; ``log``: sampled on a log scale (knobs that act by orders of magnitude)."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatRange:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log-scale range needs low > 0 (it is {self.low})")
+        return self
+
+
+CHAIN_LOSSES: tuple[LossName, ...] = ("bce", "ctcvr", "dependence")  # per-task, over the chain, its likelihood
+Sizes = Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)]  # choices of a size knob
+
+
+class ModelSpace(Strict):
+    """The ``model`` knobs `funnelflow tune` searches: a range or a list of choices each; null: not searched."""
+
+    embedding_l2: FloatRange | None = FloatRange(low=0.01, high=1.0, log=True)
+    dropout: FloatRange | None = FloatRange(low=0.0, high=0.3)
+    embedding_dim: Sizes | None = Field(default_factory=lambda: [8, 16, 32])
+    loss: Annotated[list[LossName], Field(min_length=1)] | None = Field(default_factory=lambda: list(CHAIN_LOSSES))
+    regression_weight: FloatRange | None = FloatRange(low=0.03, high=0.3, log=True)
+
+
+class TrainSpace(Strict):
+    """The ``train`` knobs `funnelflow tune` searches (null: not searched)."""
+
+    lr: FloatRange | None = FloatRange(low=0.002, high=0.03, log=True)
+    batch_size: Sizes | None = Field(default_factory=lambda: [1024, 2048, 4096])
+
+
+class SearchSpace(Strict):
+    """What `funnelflow tune` searches, in the shape of the overrides it writes (tuned.yaml)."""
+
+    model: ModelSpace = ModelSpace()
+    train: TrainSpace = TrainSpace()
+
+
+class TuneConfig(Strict):
+    """`funnelflow tune`'s budget and search space, and whether the pipeline trains with its result."""
+
+    apply: bool = False   # true: train with tuned.yaml's values (beside params.yaml) when it holds any
+    trials: int = Field(30, ge=1)
+    timeout_minutes: float | None = Field(60.0, gt=0)  # no trial starts after this; null: no limit
+    seed: int = 7
+    space: SearchSpace = SearchSpace()
+
+
 class Params(Strict):
     """Every section of params.yaml, typed; ``tasks`` has no default (it defines the funnel)."""
 
@@ -109,6 +163,7 @@ class Params(Strict):
     gate: GateConfig = GateConfig()
     export: ExportConfig = ExportConfig()
     notify: NotifyConfig = NotifyConfig()
+    tune: TuneConfig = TuneConfig()
 
     @property
     def task_graph(self) -> TaskGraph:
@@ -172,11 +227,13 @@ def params_hash(params: Params) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def load_params(path: Path | str | None = None) -> Params:
-    """Read and check params.yaml (default ``$FUNNELFLOW_PARAMS``, else the repo's).
+def load_params(path: Path | str | None = None, tuned: bool = True) -> Params:
+    """Read and check params.yaml (default ``$FUNNELFLOW_PARAMS``, else the repo's); with ``tuned`` and
+    ``tune.apply``, the values of tuned.yaml beside it in place (``apply_tuned``).
 
     Raises:
-        ParamsError: the file is missing, is not YAML, or breaks the schema (one line per error).
+        ParamsError: the file is missing, is not YAML, or breaks the schema (one line per error); so
+            does a bad tuned.yaml.
     """
     path = params_file(path)
     name = _shown(path)
@@ -194,7 +251,39 @@ def load_params(path: Path | str | None = None) -> Params:
         TaskGraph(tasks=params.tasks)  # check the graph's order and parents now, not at first use
     except ValidationError as exc:
         raise ParamsError(_errors(name, exc, raw, "tasks")) from exc
-    return params
+    return apply_tuned(params, path.with_name(TUNED_FILE)) if tuned and params.tune.apply else params
+
+
+TUNED_FILE = "tuned.yaml"  # `funnelflow tune`'s best values, beside the params.yaml it tuned
+
+
+def apply_tuned(params: Params, path: Path) -> Params:
+    """``params`` with tuned.yaml's values in place: the Prefect overrides' shape (flows/overrides.py),
+    ``model`` and ``train`` keys only, tuned for the model ``params`` trains. No file: ``params``.
+
+    Raises:
+        ParamsError: the file is not YAML, breaks that shape, names another model, or its values break
+            the params schema (one line per error, naming the file and the key).
+    """
+    from flows.overrides import GateOverrides, Overrides  # it imports this module
+
+    name = _shown(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        return params
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{name}: not valid YAML: {_yaml_problem(exc)}") from None
+    try:
+        tuned = Overrides.model_validate(raw)
+    except ValidationError as exc:
+        raise ParamsError(_errors(name, exc, raw)) from exc
+    if tuned.gate != GateOverrides():
+        raise ParamsError(f"{name}: gate: tuned values are model and train keys only; remove the gate section")
+    if tuned.model.name not in (None, params.model.name):
+        raise ParamsError(f"{name}: model.name: tuned for {tuned.model.name}, but params.yaml trains "
+                          f"{params.model.name}: run `funnelflow tune` again, or set tune.apply: false")
+    return with_overrides(params, tuned.model_dump(mode="json", exclude_none=True, exclude={"gate"}), name)
 
 
 def params_file(path: Path | str | None = None) -> Path:
@@ -202,9 +291,9 @@ def params_file(path: Path | str | None = None) -> Path:
     return Path(path or os.environ.get("FUNNELFLOW_PARAMS") or REPO_ROOT / "params.yaml")
 
 
-def with_overrides(params: Params, overrides: dict[str, dict[str, Any]]) -> Params:
-    """``params`` with some keys of some sections replaced (the Prefect flow's typed overrides), checked
-    as params.yaml is: one line per error, named ``overrides: train.epochs: ...``.
+def with_overrides(params: Params, overrides: dict[str, dict[str, Any]], source: str = "overrides") -> Params:
+    """``params`` with some keys of some sections replaced (the Prefect flow's typed overrides, tuned.yaml),
+    checked as params.yaml is: one line per error, named after ``source``: ``overrides: train.epochs: ...``.
 
     Raises:
         ParamsError: the merged params break the schema.
@@ -215,7 +304,7 @@ def with_overrides(params: Params, overrides: dict[str, dict[str, Any]]) -> Para
     try:
         return Params.model_validate(merged)
     except ValidationError as exc:
-        raise ParamsError(_errors("overrides", exc, merged)) from exc
+        raise ParamsError(_errors(source, exc, merged)) from exc
 
 
 def _shown(path: Path) -> str:
@@ -365,3 +454,8 @@ class Paths:
     def registry(self) -> Path:
         """Versioned champions and the champion pointer."""
         return self.root / "registry"
+
+    @property
+    def tune(self) -> Path:
+        """`funnelflow tune`'s Optuna study (study.db)."""
+        return self.root / "tune"

@@ -36,7 +36,7 @@ from flows.gate import GateFailed
 from flows.lock import data_dir_lock
 from flows.notify import emit_promoted, emit_refused, notify_failure
 from flows.overrides import Overrides, apply_overrides
-from flows.params import Params, Paths, load_params
+from flows.params import TUNED_FILE, Params, Paths, load_params, params_file
 
 
 def _fingerprint(path: Path) -> str:
@@ -60,8 +60,11 @@ def cache_key(stage: str, params: Params, paths: Paths, source: Path | None = No
     ingest, the folder it lands (``source``: path and content)."""
     h = hashlib.sha256(stage.encode())
     dumped = params.model_dump(mode="json")
-    for section in stages.stages()[stage].get("params", []):
-        h.update(json.dumps(dumped.get(section), sort_keys=True).encode())
+    for entry in stages.stages()[stage].get("params", []):
+        if isinstance(entry, str):  # another params file ({tuned.yaml: null}) is merged into ``params`` already
+            section, _, key = entry.partition(".")
+            value = dumped.get(section)
+            h.update(json.dumps(value.get(key) if key and isinstance(value, dict) else value, sort_keys=True).encode())
     for dep in stages.deps(stage):
         h.update(_fingerprint(stages.resolve(dep, paths)).encode())
     h.update(str(paths.root).encode())
@@ -204,6 +207,28 @@ def _retrain(params: Params, paths: Paths, source: str | None) -> dict:
             "metrics": str(paths.evaluation / "metrics.json"), "gate": str(paths.gate / "blessing.md"),
             "data_docs": str(paths.validation / "data_docs" / "index.html"),
             "steps": {k: v.get("seconds") for k, v in out.items()}}
+
+
+@flow(name="funnelflow-tune", log_prints=True, on_failure=[notify_failure], on_crashed=[notify_failure])
+def tune_search(params_path: str | None = None, data_dir: str | None = None) -> dict:
+    """`funnelflow tune` as a flow: for each trial the flow asks Optuna for the values, a ``tune_trial``
+    task trains them on the train split and scores them on validation, and the flow tells Optuna the
+    result; the best values go to tuned.yaml beside params.yaml (flows/tune.py).
+
+    Args:
+        params_path: the params.yaml to read (null: $FUNNELFLOW_PARAMS, else the repo's); its ``tune``
+            section sets the trials, the time budget, the seed and the space.
+        data_dir: the data dir holding the training set and the study (null: $FUNNELFLOW_DATA_DIR, else
+            <repo>/data).
+    """
+    from flows.tune import run_trial
+
+    quiet()
+    paths = Paths(Path(data_dir).resolve()) if data_dir else Paths.default()
+    path = params_file(params_path)
+    trial = task(name="tune_trial", cache_policy=NONE)(run_trial)  # never cached: each call is a new trial
+    with _step_logs_to_run(), data_dir_lock(paths.root, "funnelflow-tune (Prefect flow)"):
+        return steps.tune(load_params(path, tuned=False), paths, path.with_name(TUNED_FILE), run_trial=trial)
 
 
 def _blessing(paths: Paths) -> dict:

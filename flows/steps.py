@@ -476,6 +476,22 @@ def compare(params: Params, paths: Paths, models: list[str] | None = None, losse
 
 
 @timed
+def tune(params: Params, paths: Paths, out: Path, run_trial: Callable[..., dict] | None = None) -> dict:
+    """An Optuna search of params.yaml ``tune.space`` for the configured model (flows/tune.py): trials
+    trained on the train split, scored and pruned on validation (the test split is never read), the study
+    in <data>/tune continued while the training set and space are unchanged; its best values to ``out``
+    (tuned.yaml). ``params`` must be params.yaml's own (``load_params(tuned=False)``); ``run_trial``: how a
+    trial runs (the Prefect flow's task; default in this process)."""
+    from flows import tune as tuning
+
+    manifest = paths.training_set / "manifest.json"
+    stages.require(paths, manifest)
+    train_df, valid_df = _splits(paths, "train", "validation")
+    return tuning.tune(params, train_df, valid_df, json.loads(manifest.read_text())["data_hash"], paths.tune, out,
+                       run_trial or tuning.run_trial)
+
+
+@timed
 def predict(params: Params, paths: Paths, input_dir: Path, output: Path) -> dict:
     """Point-in-time features from Feast for the given impressions, scored by the champion (onnxruntime).
 

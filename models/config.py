@@ -8,13 +8,14 @@ can change them without code edits.
 """
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
 from models.strict import Strict
 
 LossName = Literal["auto", "bce", "ctcvr", "calibrated", "dependence"]
+Margin = Annotated[float, Field(ge=0.0, le=1.0)]  # a gap between two probabilities
 
 
 class ModelConfigBase(Strict):
@@ -41,7 +42,9 @@ class ModelConfigBase(Strict):
     # benchmarks/peer_rechub.py) for ~9% throughput; a training batch needs >= 2 rows.
     batch_norm: bool = False
     # --- open choices of the papers, not in params.yaml ---
-    pwiser_margins: tuple[float, float] = (1.0, 1.0)  # PWiseR (m1: P over C, m2: P over N), log-prob scale
+    # PWiseR (m1: converted over clicked-only, m2: converted over unclicked) on the CTR probability;
+    # why these values: models.losses.pwiser_loss.
+    pwiser_margins: tuple[Margin, Margin] = (0.05, 0.1)
     dependence_penalty: float = Field(1.0, ge=0.0)    # TAFE: weight of mean(relu(p_t - p_parent))
 
     @property

@@ -28,12 +28,16 @@ class HTLNetConfig(ModelConfigBase):
     tau: float = Field(1.0, gt=0.0)             # Gumbel-softmax temperature (fixed, no annealing)
     gamma: float = Field(0.1, ge=0.0, le=1.0)   # gradient-magnitude blend
     clip: float = Field(10.0, gt=0.0)           # clip of |G_core| / |G_t|
+    # Ablation switches (benchmarks/ablation.py), the paper's two units:
+    label_embedding: bool = True                # false: no Label Embedding Unit, no label fusion branch
+    gradient_adjustment: bool = True            # false: plain backprop into the shared embedding
 
 
 class HTLNet(FunnelNet):
     """The network and its gradient adjustment.
 
-    * Towers: tower_t(shared emb) for roots; later tasks read concat(IFU rep, IFU label emb, emb).
+    * Towers: tower_t(shared emb) for roots; later tasks read concat(IFU rep, IFU label emb, emb),
+      or concat(IFU rep, emb) with ``label_embedding`` off (no label tables, no label fusion).
     * Label Embedding Unit: le_t = GumbelSoftmax([log p_t, log(1-p_t)], tau) @ E_t (E_t: 2 x d_le),
       p_t the PREDICTED probability. Gumbel noise in training only; at inference the noise-free
       softmax (= [p, 1-p] at tau=1). tau fixed (``tau``), not annealed: our choice.
@@ -44,7 +48,8 @@ class HTLNet(FunnelNet):
     * Gradient adjustment (``backward``) on the shared-embedding output gradients, whole batch
       flattened: for each classification task G_t, if cos(G_t, G_core) < 0 project G_t off G_core,
       then G_t <- gamma * min(|G_core|/|G_t|, C) * G_t + (1 - gamma) * G_t. G_core = the last
-      regression task's gradient; without a regression task it is plain backprop.
+      regression task's gradient; without a regression task, or with ``gradient_adjustment`` off,
+      it is plain backprop.
     """
 
     config_class = HTLNetConfig
@@ -52,11 +57,12 @@ class HTLNet(FunnelNet):
 
     def __init__(self, tasks: TaskGraph, cardinalities: list[int], n_numeric: int, cfg: HTLNetConfig):
         super().__init__(tasks, cardinalities, n_numeric, cfg)
-        d, dl = cfg.hidden[-1], cfg.label_dim
+        d, dl = cfg.hidden[-1], cfg.label_dim if cfg.label_embedding else 0
         self.towers_h = nn.ModuleDict()
         self.label_emb = nn.ParameterDict()
         self.ifu_rep, self.ifu_label = nn.ModuleDict(), nn.ModuleDict()
-        self.feeds = {a for t in tasks.tasks for a in tasks.ancestors(t.name)}  # tasks with a later task
+        # tasks whose label embedding a later task reads
+        self.feeds = {a for t in tasks.tasks for a in tasks.ancestors(t.name)} if dl else set()
         for t in tasks.tasks:
             has_anc = bool(tasks.ancestors(t.name))
             in_dim = self.in_dim + (d + dl if has_anc else 0)
@@ -64,10 +70,12 @@ class HTLNet(FunnelNet):
             if t.name in self.feeds:
                 self.label_emb[t.name] = nn.Parameter(torch.randn(2, dl) * 0.1)
             if has_anc:
-                self.ifu_rep[t.name], self.ifu_label[t.name] = AttentionFusion(d), AttentionFusion(dl)
+                self.ifu_rep[t.name] = AttentionFusion(d)
+                if dl:
+                    self.ifu_label[t.name] = AttentionFusion(dl)
         self._build_heads(d)
         regs = [t.name for t in tasks.tasks if t.kind == "regression"]
-        self.core = regs[-1] if regs else None
+        self.core = regs[-1] if regs and cfg.gradient_adjustment else None
         self._emb: Tensor | None = None
         self._emb_leaf: Tensor | None = None
 
@@ -88,12 +96,12 @@ class HTLNet(FunnelNet):
         raw: dict[str, Tensor] = {}
         for t in self.tasks.tasks:
             anc = self.tasks.ancestors(t.name)
+            tower_in = x
             if anc:
-                u_rep = torch.stack([reps[a].detach() for a in anc], 1)
-                u_le = torch.stack([les[a] for a in anc], 1)
-                tower_in = torch.cat([self.ifu_rep[t.name](u_rep), self.ifu_label[t.name](u_le), x], 1)
-            else:
-                tower_in = x
+                fused = [self.ifu_rep[t.name](torch.stack([reps[a].detach() for a in anc], 1))]
+                if t.name in self.ifu_label:
+                    fused.append(self.ifu_label[t.name](torch.stack([les[a] for a in anc], 1)))
+                tower_in = torch.cat([*fused, x], 1)
             reps[t.name] = self.towers_h[t.name](tower_in)
             raw.update(self.head(t.name, reps[t.name]))
             if t.name in self.feeds:

@@ -284,3 +284,34 @@ def test_a_notification_that_cannot_be_sent_leaves_the_runs_own_failure(prefect_
             time.sleep(0.5)
             warnings = [log.message for log in client.read_logs() if log.message.startswith(expected)]
     assert warnings, f"no {expected!r} warning in the run's logs"
+
+
+# --- tuning
+
+def test_the_tune_flow_runs_each_trial_as_a_task(prefect_api, tmp_path, pipeline_data, params):
+    """`funnelflow-tune` on a real API: the flow asks Optuna, a tune_trial task per trial trains and scores
+    on train/validation (the test split is absent), the flow tells; tuned.yaml is written beside params.yaml."""
+    import shutil
+
+    import anyio
+    from prefect.client.orchestration import get_client
+
+    from flows.pipeline import tune_search
+
+    data = tmp_path / "data"
+    shutil.copytree(pipeline_data.training_set, data / "training_set")
+    (data / "training_set" / "test.parquet").unlink()
+    raw = params.model_dump(mode="json")
+    raw["train"].update(epochs=1)
+    raw["model"].update(hidden=[32], tower=[16])
+    raw["tune"].update(trials=2, timeout_minutes=None)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    out = tune_search(params_path=str(tmp_path / "params.yaml"), data_dir=str(data))
+
+    async def task_runs():
+        async with get_client() as client:
+            return await client.read_task_runs()
+
+    runs = anyio.run(task_runs)
+    assert out["trials"] == 2 and (tmp_path / "tuned.yaml").exists()
+    assert sorted(r.state_name for r in runs if r.name.startswith("tune_trial")) == ["Completed", "Completed"]

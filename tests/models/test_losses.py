@@ -4,9 +4,10 @@ import pytest
 import torch
 from conftest import model_config
 
-from models.losses import funnel_loss, joint_bce, pwiser_loss
+from models.losses import funnel_loss, joint_bce, pwiser_groups, pwiser_loss
+from models.networks import chain_outputs
 from models.networks.htlnet import adjust_gradient
-from models.tasks import TaskGraph, TaskSpec
+from models.tasks import DEFAULT_FUNNEL, TaskGraph, TaskSpec
 
 TWO = TaskGraph(tasks=[TaskSpec(name="click", kind="binary"),
                        TaskSpec(name="conversion", kind="binary", parent="click")])
@@ -19,17 +20,53 @@ def _joint_out(p_click, p_conv):
 
 
 def test_pwiser_hand_computed():
-    s = torch.tensor([2.0, 1.0, 0.5, 0.0])
-    pos, mid, neg = (torch.tensor(m) for m in ([1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 1]))
-    # P-C: relu(1.5 - 1) = .5 ; P-N: mean(relu(1.8 - 1.5), relu(1.8 - 2)) = .15
-    got = pwiser_loss(s, pos.bool(), mid.bool(), neg.bool(), 1.5, 1.8)
-    assert got.item() == pytest.approx(0.65)
-    s = torch.tensor([2.0, 1.2, 1.0, 0.0])  # two positives: P-C mean(0, .8) = .4 ; P-N all 0
-    got = pwiser_loss(s, torch.tensor([1, 1, 0, 0]).bool(), torch.tensor([0, 0, 1, 0]).bool(),
-                      torch.tensor([0, 0, 0, 1]).bool(), 1.0, 1.0)
-    assert got.item() == pytest.approx(0.4)
+    p = torch.tensor([0.30, 0.26, 0.25, 0.10])  # CTR probabilities
+    pos, mid, neg = (torch.tensor(m).bool() for m in ([1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 1]))
+    # P-C: relu(.05 - .04) = .01 ; P-N: mean(relu(.1 - .05), relu(.1 - .2)) = .025
+    assert pwiser_loss(p, pos, mid, neg, 0.05, 0.1).item() == pytest.approx(0.035)
+    p = torch.tensor([0.30, 0.12, 0.20, 0.05])  # two positives: P-C mean(0, .08) = .04 ; P-N mean(0, .03) = .015
+    got = pwiser_loss(p, torch.tensor([1, 1, 0, 0]).bool(), torch.tensor([0, 0, 1, 0]).bool(),
+                      torch.tensor([0, 0, 0, 1]).bool(), 0.0, 0.1)
+    assert got.item() == pytest.approx(0.055)
     empty = torch.zeros(4, dtype=torch.bool)
-    assert pwiser_loss(s, empty, ~empty, ~empty, 1.0, 1.0).item() == 0.0
+    assert pwiser_loss(p, empty, ~empty, ~empty, 0.05, 0.1).item() == 0.0
+
+
+def test_pwiser_groups_follow_the_root_task_and_the_deepest_step():
+    labels = torch.tensor([[1.0, 1.0, 5.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    name, pos, mid, neg = pwiser_groups(labels, DEFAULT_FUNNEL)
+    assert name == "click"  # the CTR task is scored, not the joint CTCVR
+    assert pos.tolist() == [True, False, False, False]  # a conversion label without a click is not reached
+    assert mid.tolist() == [False, True, False, False] and neg.tolist() == [False, False, True, True]
+    three = TaskGraph(tasks=[*TWO.tasks, TaskSpec(name="repeat", kind="binary", parent="conversion")])
+    labels3 = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    name, pos, mid, neg = pwiser_groups(labels3, three)  # P: reached the last step; converted-only is in C
+    assert (name, pos.tolist(), mid.tolist(), neg.tolist()) == (
+        "click", [True, False, False], [False, True, False], [False, False, True])
+    one = TaskGraph(tasks=[TaskSpec(name="income", kind="binary"), TaskSpec(name="weeks", kind="regression")])
+    name, pos, mid, neg = pwiser_groups(torch.tensor([[1.0, 3.0], [0.0, 2.0]]), one)
+    assert (name, pos.tolist(), mid.tolist(), neg.tolist()) == ("income", [True, False], [False, False], [False, True])
+
+
+def test_pwiser_gradient_raises_a_converted_rows_ctr_over_a_clicked_only_row():
+    """On the CTR task's probability only: a P row's logit_click goes up, C and N rows' go down, and
+    the conversion head gets no gradient from it. One SGD step on the PWiseR term widens P - C."""
+    labels = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0]])  # P, C, N
+    click = torch.tensor([0.0, 0.5, -0.1])  # CTRs .50, .62, .48: every pair inside both margins
+
+    def grads(weight):
+        raw = {"logit_click": click.clone().requires_grad_(True),
+               "logit_conversion": torch.tensor([0.2, -0.3, 0.1], requires_grad=True)}
+        cfg = model_config("mmoe", loss="bce", pwiser_weight=weight)
+        funnel_loss(chain_outputs(raw, TWO, "mse_log1p"), labels, TWO, cfg)[0].backward()
+        return raw["logit_click"].grad, raw["logit_conversion"].grad
+
+    (with_click, with_conv), (bce_click, bce_conv) = grads(1.0), grads(0.0)
+    g_click, g_conv = with_click - bce_click, with_conv - bce_conv
+    assert g_click[0] < 0 < g_click[1] and g_click[2] > 0
+    assert torch.equal(g_conv, torch.zeros(3))
+    before, after = torch.sigmoid(click), torch.sigmoid(click - 0.1 * g_click)
+    assert after[0] - after[1] > before[0] - before[1]
 
 
 @pytest.mark.parametrize("name,lam", [("tafe", 1.0), ("aitm", 0.6)])

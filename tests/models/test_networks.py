@@ -200,3 +200,48 @@ def test_mmoe_matches_per_expert_reference():
             for i, t in enumerate(net.tasks.names)}
     got = net.task_reps(x)
     _assert_same_function(net, x, got, want)
+
+
+def test_htlnet_without_gradient_adjustment_is_plain_backprop():
+    """``gradient_adjustment: false``: HTLNet's backward gives exactly autograd's gradients of the total
+    loss; the same weights with the adjustment on give another embedding gradient."""
+    df = make_funnel(512, seed=3)[0]
+    pre, cat, num, y = _batch(df, DEFAULT_FUNNEL)
+
+    def grads(adjust: bool, custom: bool):
+        cfg = model_config("htlnet", embedding_dim=4, hidden=[16, 8], tower=[8], gamma=0.5, gradient_adjustment=adjust)
+        torch.manual_seed(0)
+        net = build_model(DEFAULT_FUNNEL, pre.cardinalities, num.shape[1], cfg)
+        torch.manual_seed(1)  # same Gumbel noise in every pass
+        total, terms = funnel_loss(net(cat, num), y, DEFAULT_FUNNEL, cfg)
+        net.backward(terms, total) if custom else total.backward()
+        return {n: p.grad.clone() for n, p in net.named_parameters()}
+
+    plain, off, on = grads(False, custom=False), grads(False, custom=True), grads(True, custom=True)
+    emb = "input.embedding.weight"
+    assert all(torch.equal(off[n], plain[n]) for n in plain)
+    assert not torch.allclose(on[emb], plain[emb])
+
+
+def test_htlnet_without_label_embedding_builds_none_and_trains_and_exports(tmp_path):
+    """``label_embedding: false``: no label tables or label fusion exist, the conversion tower reads the
+    fused representation and the embedding only, and the model trains and exports to ONNX."""
+    from models.config import ExportConfig, TrainConfig
+    from models.export import OnnxScorer, export_onnx
+    from models.train import load_model, train_model
+
+    train, valid = make_funnel(1500, seed=1)[0], make_funnel(500, seed=2)[0]
+    cfg = model_config("htlnet", embedding_dim=4, hidden=[16, 8], tower=[8], label_embedding=False)
+    res = train_model(train, valid, DEFAULT_FUNNEL, cfg, TrainConfig(epochs=1, batch_size=256, num_threads=1),
+                      tmp_path / "model", progress=False)
+    assert res.best_epoch == 0 and 0 < res.valid_metrics["click/auc"] < 1 and res.history[0]["train_loss"] > 0
+    net = load_model(tmp_path / "model").net
+    names = [n for n, _ in net.named_parameters()]
+    assert not [n for n in names if n.startswith(("label_emb", "ifu_label"))]
+    assert "ifu_rep.conversion.w1.weight" in names
+    first = next(m for m in net.towers_h["conversion"].modules() if isinstance(m, torch.nn.Linear))
+    assert first.in_features == net.in_dim + 8  # fused representation + embedding, no label part
+    with_le = build_model(DEFAULT_FUNNEL, [5, 5], 2, model_config("htlnet", hidden=[16, 8]))
+    assert {"label_emb.click", "ifu_label.conversion.w1.weight"} <= dict(with_le.named_parameters()).keys()
+    export_onnx(tmp_path / "model", tmp_path / "bundle", valid.iloc[:64], ExportConfig())  # raises on a parity miss
+    assert OnnxScorer(tmp_path / "bundle").predict(valid.iloc[:10]).shape == (10, 6)
