@@ -49,8 +49,10 @@ def seed_table(params: Params, paths: Paths, models: list[str], out: Path) -> pd
     if out.exists():
         return pd.read_csv(out)
     split = {s: pd.read_parquet(paths.training_set / f"{s}.parquet") for s in ("train", "validation", "test")}
+    chain = any(t.parent for t in params.task_graph.binary)  # else every model trains with bce (no joint loss)
     table = compare_models(split["train"], split["validation"], split["test"], params.task_graph, params.model,
-                           params.train, models=models, losses=["auto"], pwiser_weight=0.0, progress=False)
+                           params.train, models=models, losses=["auto" if chain else "bce"], pwiser_weight=0.0,
+                           progress=False)
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False)
     return table

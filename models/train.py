@@ -204,6 +204,11 @@ def step_lrs(cfg: TrainConfig, epoch: int, steps: int) -> list[float] | None:
     return [cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch * steps + k) / total)) for k in range(steps)]
 
 
+def batch_size_for(cfg: TrainConfig, rows: int) -> int:
+    """``batch_size``, made smaller where ``rows`` would give fewer than ``min_steps_per_epoch`` steps."""
+    return max(1, min(cfg.batch_size, math.ceil(rows / cfg.min_steps_per_epoch)))
+
+
 def id_counts(net: FunnelNet, cat: torch.Tensor) -> torch.Tensor:
     """Training-split count of every embedding row (at least 1), for ``frequency_l2``."""
     rows = net.input.embedding.weight.shape[0]
@@ -359,7 +364,10 @@ def train_model(
         history, start_epoch, best = _load_checkpoint(ckpt_path, net, opt, scaler, gen, device)
 
     better = (lambda a, b: a > b) if train_cfg.monitor_mode == "max" else (lambda a, b: a < b)
-    n, bs = len(cat), train_cfg.batch_size
+    n, bs = len(cat), batch_size_for(train_cfg, len(cat))
+    if bs < train_cfg.batch_size:
+        log.info("%s: batch size %d, not %d: %d training rows make at least %d steps an epoch", model_cfg.name,
+                 bs, train_cfg.batch_size, n, train_cfg.min_steps_per_epoch)
     counts = id_counts(net, cat) if model_cfg.embedding_l2 > 0 else None
     train_seconds, samples = 0.0, 0
     stopped = best.bad_epochs > 0 and best.bad_epochs >= train_cfg.patience

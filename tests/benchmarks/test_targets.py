@@ -9,7 +9,8 @@ def _runs(rows):
 
 
 def test_verdicts_compare_with_the_better_baseline_layout_and_pick_the_best_model_on_validation():
-    params = load_params()  # default model: mmoe
+    params = load_params()
+    params = params.model_copy(update={"model": params.model.model_copy(update={"name": "mmoe"})})  # the default
     runs = _runs([
         ["mmoe", "bce", 0.70, 0.700, 0.760], ["mmoe", "bce", 0.70, 0.702, 0.762],   # two seeds
         ["tafe", "dependence", 0.72, 0.706, 0.772], ["tafe", "dependence", 0.72, 0.706, 0.772],

@@ -96,7 +96,7 @@ def test_independent_graph_export(tmp_path):
 
     tr, va = make_independent(1500, 1), make_independent(300, 2)
     mc = model_config("ple", embedding_dim=4, hidden=[16, 8], tower=[8], experts=2, value_loss="lognormal")
-    tc = TrainConfig(epochs=1, batch_size=256, num_threads=1)
+    tc = TrainConfig(epochs=1, batch_size=256, min_steps_per_epoch=1, num_threads=1)  # a barely trained net
     train_model(tr, va, INDEPENDENT, mc, tc, tmp_path / "m", progress=False)
     export_onnx(tmp_path / "m", tmp_path / "b", va.iloc[:50], ExportConfig())
     got = OnnxScorer(tmp_path / "b").predict(va)

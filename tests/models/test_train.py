@@ -135,6 +135,8 @@ def test_one_log_line_per_epoch_without_progress_bar(caplog, small_cfgs, tmp_pat
     with caplog.at_level(logging.INFO, logger="funnelflow.train"):
         train_model(train, valid, DEFAULT_FUNNEL, mc, tc, tmp_path, progress=False)
     lines = [r.getMessage() for r in caplog.records if r.name == "funnelflow.train"]
+    # 1500 rows at batch 512 are 3 steps: first a line on the smaller batch, then one per epoch
+    assert lines.pop(0) == "mmoe: batch size 47, not 512: 1500 training rows make at least 32 steps an epoch"
     assert len(lines) == tc.epochs
     assert lines[0].startswith("mmoe epoch 1/2: train loss ") and "valid mean_auc 0." in lines[0]
     assert all(k in lines[1] for k in ("epoch 2/2", "best ", "samples/s"))
@@ -165,3 +167,12 @@ def test_embedding_l2_holds_rare_ids_back(small_cfgs, tmp_path):
         users = len(m.preprocessor.vocab["user_id"]) + 1  # user_id is the first categorical column
         norms.append(float((m.net.input.embedding.weight.detach()[1:users] ** 2).sum(1).mean()))
     assert norms[1] < 0.5 * norms[0], norms
+
+
+def test_a_small_training_split_gets_smaller_batches():
+    from models.config import TrainConfig
+    from models.train import batch_size_for
+    tc = TrainConfig(batch_size=4096, min_steps_per_epoch=32)
+    assert batch_size_for(tc, 140_000) == 4096              # 35 steps: as configured
+    assert batch_size_for(tc, 35_000) == 1094               # census: 9 steps at 4096 -> 32 at 1094
+    assert batch_size_for(tc, 10) == 1 and batch_size_for(tc, 0) == 1
