@@ -158,7 +158,7 @@ class Params(Strict):
     features: FeatureConfig = FeatureConfig()
     split: SplitConfig = SplitConfig()
     validation: ValidationConfig = ValidationConfig()
-    model: ModelConfig = parse_model_config({})  # no name: models.networks.DEFAULT_MODEL (mmoe)
+    model: ModelConfig = parse_model_config({})  # no name: models.networks.DEFAULT_MODEL (tafe)
     train: TrainConfig = TrainConfig()
     gate: GateConfig = GateConfig()
     export: ExportConfig = ExportConfig()

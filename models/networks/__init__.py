@@ -23,7 +23,7 @@ __all__ = ["DEFAULT_MODEL", "MODELS", "MODEL_NAMES", "FunnelNet", "ModelConfig",
 
 # One entry per model module, in the order tables and benchmarks list them.
 MODEL_NAMES = ("shared_bottom", "mmoe", "ple", "esmm", "aitm", "tafe", "htlnet")
-DEFAULT_MODEL = "mmoe"  # the model of a config that names none
+DEFAULT_MODEL = "tafe"  # the model of a config that names none, as params.yaml (docs/benchmarks.md)
 
 MODELS: dict[str, type[FunnelNet]] = {name: import_module(f"{__name__}.{name}").NETWORK for name in MODEL_NAMES}
 
