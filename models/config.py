@@ -35,7 +35,7 @@ class ModelConfigBase(Strict):
     min_count: int = Field(2, ge=1)
     # Frequency-aware L2 on the embedding rows each batch uses (DIN's mini-batch aware regularisation):
     # without it, user/item id embeddings memorise the few positives per id within one epoch and
-    # every model peaks at epoch 0 (docs/benchmarks.md#why-models-stopped-after-one-epoch).
+    # every model peaks at epoch 0 (docs/benchmarks.md, "Why models stopped after one epoch").
     embedding_l2: float = Field(0.1, ge=0.0)
     # BatchNorm1d after every hidden Linear and gate (towers, bottoms, experts; torch-rechub's MLP
     # does this). Off by default: measured +0.012 AUC after 2 epochs at batch 4096 (shared_bottom,
@@ -61,7 +61,7 @@ class TrainConfig(Strict):
     batch_size: int = Field(4096, ge=1)
     # A smaller training split gets smaller batches, so that an epoch has at least this many optimizer
     # steps: at 4096 rows a batch, the census sample's 35k training rows made 9 steps an epoch and every
-    # model was still improving at its last epoch (docs/benchmarks.md#census-against-lightgbm).
+    # model was still improving at its last epoch (docs/benchmarks.md, same section).
     min_steps_per_epoch: int = Field(32, ge=1)
     lr: float = Field(0.01, gt=0.0)
     lr_schedule: Literal["constant", "cosine"] = "cosine"  # cosine: decays to 0 over ``epochs``, per step
