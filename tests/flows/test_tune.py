@@ -112,7 +112,7 @@ def test_a_pruned_trial_stops_after_the_epoch_the_pruner_rejects(tune_paths, tun
     ("model: {dropout: 1.5}", "tuned.yaml: model.dropout: Input should be less than 1"),
     ("train: {lr: fast}", "tuned.yaml: train.lr: Input should be a valid number, unable to parse string as a number"),
     ("model: {dropot: 0.1}", "tuned.yaml: model.dropot: Extra inputs are not permitted"),
-    ("model: {name: esmm}", "tuned.yaml: model.name: tuned for esmm, but params.yaml trains mmoe: run `funnelflow "
+    ("model: {name: esmm}", "tuned.yaml: model.name: tuned for esmm, but params.yaml trains tafe: run `funnelflow "
                             "tune` again, or set tune.apply: false"),
     ("gate: {change: []}", "tuned.yaml: gate: tuned values are model and train keys only; remove the gate section"),
     ("model: [", "tuned.yaml: not valid YAML: line 2, column 1: expected the node content, but found '<stream end>'"),
