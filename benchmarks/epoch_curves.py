@@ -16,8 +16,8 @@ from typing import Any
 
 import pandas as pd
 
+from benchmarks.ablation import variant_model
 from flows.params import load_params
-from models.networks import switch_model
 from models.train import train_model
 
 # name -> (model fields, train fields); "name" in the model fields switches the model.
@@ -49,9 +49,8 @@ def curves(data_dir: Path, epochs: int, names: list[str], work: Path) -> pd.Data
     rows = []
     for name in names:
         model_fields, train_fields = VARIANTS[name]
-        model = switch_model(params.model, model_fields["name"]) if "name" in model_fields else params.model
-        model = model.model_copy(update={k: v for k, v in model_fields.items() if k != "name"})
-        res = train_model(train, valid, params.task_graph, model, train_cfg.model_copy(update=train_fields),
+        res = train_model(train, valid, params.task_graph, variant_model(params.model, model_fields),
+                          train_cfg.model_copy(update=train_fields),
                           work / name.replace(" ", "_"), progress=False)
         for row in res.history:
             rows.append({"variant": name, "epoch": int(row["epoch"]), "best_epoch": res.best_epoch,

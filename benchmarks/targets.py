@@ -113,8 +113,9 @@ def main(argv: list[str] | None = None) -> None:
     if a.census:
         tables = []
         for s in a.seeds:
-            params = _seeded(census_params(a.params, base.model.name, base.train.epochs, s), s)
-            params = params.model_copy(update={"train": base.train.model_copy(update={"seed": s})})
+            # census' task graph, bands and gate; params.yaml's training, with the seed
+            census = census_params(a.params, base.model.name, seed=s)
+            params = _seeded(census.model_copy(update={"train": base.train}), s)
             seed_dir = work / "census" / f"seed{s}"
             paths = (Paths(seed_dir / "data") if (seed_dir / "data" / "training_set" / "test.parquet").exists()
                      else census_data(a.census, seed_dir, params))

@@ -238,11 +238,9 @@ def load_params(path: Path | str | None = None, tuned: bool = True) -> Params:
     path = params_file(path)
     name = _shown(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = _read_yaml(path, name)
     except FileNotFoundError:
         raise ParamsError(f"{name}: no such file (pass another one with --params)") from None
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{name}: not valid YAML: {_yaml_problem(exc)}") from None
     try:
         params = Params.model_validate(raw)
     except ValidationError as exc:
@@ -269,11 +267,9 @@ def apply_tuned(params: Params, path: Path) -> Params:
 
     name = _shown(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = _read_yaml(path, name)
     except FileNotFoundError:
         return params
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{name}: not valid YAML: {_yaml_problem(exc)}") from None
     try:
         tuned = Overrides.model_validate(raw)
     except ValidationError as exc:
@@ -345,6 +341,15 @@ def _child(node: Any, key: Any) -> Any:
 def _key(section: str, loc: list[Any]) -> str:
     """An error location as a params.yaml key path: ``tasks[1].parent``, ``model.dropout``."""
     return (section + "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in loc)).lstrip(".")
+
+
+def _read_yaml(path: Path, name: str) -> Any:
+    """The YAML document in ``path`` ({} when empty); a file that is not YAML is one line naming ``name``.
+    FileNotFoundError is the caller's: a missing params.yaml is an error, a missing tuned.yaml is not."""
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{name}: not valid YAML: {_yaml_problem(exc)}") from None
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
