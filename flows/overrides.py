@@ -33,6 +33,7 @@ class ModelOverrides(Strict):
     regression_weight: float | None = None
     pwiser_weight: float | None = None
     embedding_l2: float | None = None
+    numeric_buckets: int | None = None
     batch_norm: bool | None = None
 
 

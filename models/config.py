@@ -33,6 +33,9 @@ class ModelConfigBase(Strict):
     pwiser_weight: float = Field(0.0, ge=0.0)
     regression_weight: float = Field(0.1, ge=0.0)  # weight of each regression task's loss in the total
     min_count: int = Field(2, ge=1)
+    # > 0: each numeric feature also enters as the embedding of its train quantile bucket (at most this
+    # many buckets), beside its standardised value (models/preprocess.py says why).
+    numeric_buckets: int = Field(0, ge=0)
     # Frequency-aware L2 on the embedding rows each batch uses (DIN's mini-batch aware regularisation):
     # without it, user/item id embeddings memorise the few positives per id within one epoch and
     # every model peaks at epoch 0 (docs/benchmarks.md, "Why models stopped after one epoch").

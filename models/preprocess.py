@@ -4,6 +4,11 @@ Fitted on the train split only and saved beside the model as JSON. Encoding is v
 (``np.searchsorted`` on sorted vocabularies), so 1M rows encode in well under a second.
 Categorical code 0 is the OOV slot: ids seen fewer than ``min_count`` times on train, and ids
 never seen, share it (so the model learns one "rare/new" embedding per column).
+
+With ``numeric_buckets`` > 0 each numeric column is also a categorical one: its train quantile bucket
+(code 1..k; 0 for a missing value), embedded beside the standardised value. Trees split a numeric
+feature at any threshold; an MLP on one standardised input has to build each step (a capital-gain
+cut-off, a price band) out of ReLUs, so the bucket embedding gives it those steps directly.
 """
 from __future__ import annotations
 
@@ -60,6 +65,15 @@ def _row_chunks(df: pd.DataFrame):
         yield a, df.iloc[a:a + ENCODE_CHUNK_ROWS]
 
 
+def _quantile_edges(x: np.ndarray, k: int) -> list[float]:
+    """The distinct inner quantile cut points splitting ``x``'s finite values into at most ``k`` buckets
+    (a column with few distinct values, e.g. a 0/1 flag or mostly zeros, gets fewer)."""
+    finite = x[np.isfinite(x)]
+    if not len(finite):
+        return []
+    return np.unique(np.quantile(finite, np.linspace(0, 1, k + 1)[1:-1])).tolist()
+
+
 class Preprocessor(BaseModel):
     """Fitted encoders. ``vocab[c]`` is the sorted array of kept ids; code = position + 1, OOV = 0."""
 
@@ -71,9 +85,12 @@ class Preprocessor(BaseModel):
     # Non-negative columns on train (counts, sums, prices) are log1p'd before standardising: their
     # heavy tails otherwise give z-scores in the hundreds that dominate the first layer.
     log1p: list[str] = []
+    # Quantile-bucket edges per numeric column (empty: not bucketed); codes follow the categorical ones.
+    buckets: dict[str, list[float]] = {}
 
     @classmethod
-    def fit(cls, df: pd.DataFrame, columns: FeatureColumns, min_count: int = 2) -> Preprocessor:
+    def fit(cls, df: pd.DataFrame, columns: FeatureColumns, min_count: int = 2,
+            numeric_buckets: int = 0) -> Preprocessor:
         vocab: dict[str, list[int]] = {}
         for c in columns.categorical:
             x = df[c].dropna().to_numpy(np.int64)
@@ -87,24 +104,32 @@ class Preprocessor(BaseModel):
                 x = np.log1p(x)
             m, s = np.nanmean(x) if np.isfinite(x).any() else 0.0, np.nanstd(x) if np.isfinite(x).any() else 1.0
             mean[c], std[c] = float(m), float(s) if s > 1e-12 else 1.0  # constant column -> scale 1
-        return cls(columns=columns, min_count=min_count, vocab=vocab, mean=mean, std=std, log1p=logged)
+        buckets = {c: _quantile_edges(df[c].to_numpy(np.float64), numeric_buckets)
+                   for c in columns.numeric} if numeric_buckets else {}
+        return cls(columns=columns, min_count=min_count, vocab=vocab, mean=mean, std=std, log1p=logged,
+                   buckets=buckets)
 
     @property
     def cardinalities(self) -> list[int]:
-        """Embedding rows per categorical column (vocabulary + the OOV slot)."""
-        return [len(self.vocab[c]) + 1 for c in self.columns.categorical]
+        """Embedding rows per categorical column (vocabulary + the OOV slot), then per bucketed numeric
+        column (its buckets + the missing slot)."""
+        return ([len(self.vocab[c]) + 1 for c in self.columns.categorical]
+                + [len(e) + 2 for e in self.buckets.values()])
 
     @cached_property
-    def _arrays(self) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+    def _arrays(self) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
         """Vocabularies and normalisation as arrays, built once (not per call: at batch 1 that
         rebuild cost more than the model)."""
         num = self.columns.numeric
         return ([np.asarray(self.vocab[c], dtype=np.int64) for c in self.columns.categorical],
                 np.array([self.mean[c] for c in num]), np.array([self.std[c] for c in num]),
-                np.array([c in self.log1p for c in num], dtype=bool))
+                np.array([c in self.log1p for c in num], dtype=bool),
+                [np.asarray(e, dtype=np.float64) for e in self.buckets.values()])
 
     def encode_categorical(self, df: pd.DataFrame) -> np.ndarray:
-        out = np.zeros((len(df), len(self.columns.categorical)), dtype=np.int64)
+        """Codes [N, len(cardinalities)]: the categorical columns', then the numeric buckets'."""
+        n_cat = len(self.columns.categorical)
+        out = np.zeros((len(df), n_cat + len(self.buckets)), dtype=np.int64)
         for a, chunk in _row_chunks(df):
             # one block conversion per chunk; a missing id (nullable Int64) -> a value no vocabulary holds -> OOV
             x = chunk[self.columns.categorical].to_numpy(np.int64, na_value=-(2**62))
@@ -112,10 +137,14 @@ class Preprocessor(BaseModel):
                 if len(v):
                     pos = np.minimum(np.searchsorted(v, x[:, j]), len(v) - 1)
                     out[a:a + len(x), j] = np.where(v[pos] == x[:, j], pos + 1, 0)
+            for j, (c, edges) in enumerate(zip(self.buckets, self._arrays[4], strict=True), start=n_cat):
+                x_num = chunk[c].to_numpy(np.float64, na_value=np.nan)
+                code = np.searchsorted(edges, x_num, side="right") + 1
+                out[a:a + len(x_num), j] = np.where(np.isnan(x_num), 0, code)
         return out
 
     def encode_numeric(self, df: pd.DataFrame) -> np.ndarray:
-        _, mean, std, logged = self._arrays
+        _, mean, std, logged, _ = self._arrays
         out = np.empty((len(df), len(self.columns.numeric)), dtype=np.float32)
         for a, chunk in _row_chunks(df):
             x = chunk[self.columns.numeric].to_numpy(np.float64, na_value=np.nan)

@@ -340,7 +340,7 @@ def train_model(
         torch.use_deterministic_algorithms(True, warn_only=True)  # cheap on CPU; CUDA would need cuBLAS config
 
     columns = columns or infer_feature_columns(train_df, tasks)
-    pre = Preprocessor.fit(train_df, columns, model_cfg.min_count)
+    pre = Preprocessor.fit(train_df, columns, model_cfg.min_count, model_cfg.numeric_buckets)
     _write_run_inputs(out_dir, pre, model_cfg, train_cfg, tasks, columns)
 
     torch.manual_seed(train_cfg.seed)

@@ -21,7 +21,9 @@ def trained(tmp_path_factory):
     tc = TrainConfig(epochs=1, batch_size=512, lr=0.01, num_threads=1)
     for name in ["mmoe", "esmm", "aitm", "htlnet"]:
         value_loss = "lognormal" if name == "htlnet" else "mse_log1p"
-        mc = model_config(name, embedding_dim=8, hidden=[32, 16], tower=[16], experts=2, value_loss=value_loss)
+        buckets = 8 if name == "esmm" else 0  # the bucket codes' path through export, parity and scoring
+        mc = model_config(name, embedding_dim=8, hidden=[32, 16], tower=[16], experts=2, value_loss=value_loss,
+                          numeric_buckets=buckets)
         train_model(train, valid, DEFAULT_FUNNEL, mc, tc, root / name, progress=False)
     return root
 

@@ -58,3 +58,25 @@ def test_non_negative_columns_are_log1p_then_standardised():
     # a negative value never seen on train is clipped to 0 before log1p, not turned into NaN
     np.testing.assert_allclose(num[1, 0], (0 - logs.mean()) / logs.std(), atol=1e-5)
     np.testing.assert_allclose(num[:, 1], [0.0, 0.0], atol=1e-6)
+
+
+def test_numeric_buckets_are_train_quantiles_after_the_categorical_codes(tmp_path):
+    rng = np.random.default_rng(0)
+    train = pd.DataFrame({"c": rng.integers(0, 3, 1000), "x": rng.exponential(size=1000),
+                          "flag": rng.integers(0, 2, 1000).astype(np.float64)})
+    cols = FeatureColumns(categorical=["c"], numeric=["x", "flag"])
+    pre = Preprocessor.fit(train, cols, min_count=1, numeric_buckets=4)
+    # x: 3 inner quartile edges -> 4 buckets + the missing slot; flag: its quartiles are only {0, 1}
+    assert len(pre.buckets["x"]) == 3 and pre.buckets["flag"] == [0.0, 1.0]
+    assert pre.cardinalities == [4, 5, 4]
+    cat, num = pre.encode(train)
+    assert cat.shape == (1000, 3) and num.shape == (1000, 2)  # the numeric values stay as they were
+    assert np.bincount(cat[:, 1]).tolist() == [0, 250, 250, 250, 250]  # quartiles: equal shares on train
+    assert set(cat[:, 2]) == {2, 3}  # 0.0 and 1.0 land on either side of the edge at 0
+    edges = pre.buckets["x"]
+    new = pd.DataFrame({"c": [0, 0, 0, 0], "x": [np.nan, -5.0, edges[1], 1e9], "flag": [0.0, 1.0, 0.0, 1.0]})
+    codes = pre.encode_categorical(new)[:, 1]
+    assert codes.tolist() == [0, 1, 3, 4]  # missing -> 0; beyond train's range -> the end buckets
+    pre.save(tmp_path / "p.json")
+    assert np.array_equal(Preprocessor.load(tmp_path / "p.json").encode_categorical(new), pre.encode_categorical(new))
+    assert Preprocessor.fit(train, cols, min_count=1).cardinalities == [4]  # off by default
