@@ -315,3 +315,62 @@ def test_the_tune_flow_runs_each_trial_as_a_task(prefect_api, tmp_path, pipeline
     runs = anyio.run(task_runs)
     assert out["trials"] == 2 and (tmp_path / "tuned.yaml").exists()
     assert sorted(r.state_name for r in runs if r.name.startswith("tune_trial")) == ["Completed", "Completed"]
+
+
+# --- off one host: the Kubernetes work pool
+
+def test_the_kubernetes_deployment_deploys_and_renders_a_job_on_the_data_volume(prefect_api, tmp_path):
+    """infra/prefect-k8s.yaml deployed with `prefect deploy` onto a Kubernetes work pool made from
+    infra/k8s/base-job-template.json (no cluster here: the Job is rendered, not run). The deployment pulls
+    nothing from a checkout, and the rendered Job runs the given image on the data volume."""
+    import anyio
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+    from prefect.workers.base import BaseJobConfiguration
+
+    template = json.loads((REPO_ROOT / "infra" / "k8s" / "base-job-template.json").read_text())
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+           "FUNNELFLOW_IMAGE": "registry.example.com/funnelflow:cuda"}
+
+    def prefect(*args):
+        res = subprocess.run([sys.executable, "-m", "prefect", *args], cwd=REPO_ROOT, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+
+    prefect("work-pool", "create", "funnelflow-kubernetes", "--type", "kubernetes",
+            "--base-job-template", str(REPO_ROOT / "infra" / "k8s" / "base-job-template.json"))
+    prefect("--no-prompt", "deploy", "--prefect-file", "infra/prefect-k8s.yaml", "--all")
+
+    async def deployment():
+        async with get_client() as client:
+            return await client.read_deployment_by_name("funnelflow-retrain/daily-retrain-k8s")
+
+    dep = anyio.run(deployment)
+    assert dep.work_pool_name == "funnelflow-kubernetes" and dep.entrypoint == "flows/pipeline.py:retrain"
+    assert dep.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": "/opt/funnelflow"}}]
+    assert dep.parameters["data_dir"] == "/data" and dep.job_variables["image"] == env["FUNNELFLOW_IMAGE"]
+
+    class KubernetesJob(BaseJobConfiguration):  # the manifest field of prefect-kubernetes' configuration
+        job_manifest: dict
+
+    async def render():
+        return await KubernetesJob.from_template_and_values(template, {**dep.job_variables, "gpu_count": 1})
+
+    job = anyio.run(render).model_dump()
+    pod = job["job_manifest"]["spec"]["template"]["spec"]  # what the kubernetes worker submits
+    container = pod["containers"][0]
+    assert container["image"] == env["FUNNELFLOW_IMAGE"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["volumeMounts"] == [{"name": "data", "mountPath": "/data"}]
+    assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "funnelflow-data"
+
+
+def test_the_image_copies_only_files_the_repo_has():
+    """No Docker engine runs here, so the image is not built in the tests: what can be checked is that every
+    file infra/Dockerfile copies by name exists and that .dockerignore keeps it in the build context."""
+    lines = (REPO_ROOT / "infra" / "Dockerfile").read_text().splitlines()
+    copied = [p for line in lines if line.startswith("COPY ") for p in line.split()[1:-1] if p != "."]
+    ignored = {p.strip() for p in (REPO_ROOT / ".dockerignore").read_text().splitlines() if p and p[0] != "#"}
+    assert copied and all((REPO_ROOT / p).is_file() for p in copied), copied
+    assert not ignored & set(copied)
+    assert {"data", ".venv", ".git"} <= ignored  # data is a volume; the image installs its own environment
