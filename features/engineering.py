@@ -33,13 +33,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import PositiveInt, ValidationError, field_validator
+from pydantic import Discriminator, NonNegativeInt, PositiveInt, Tag, ValidationError, field_validator
 
 from features.contract import PARTITIONS, TABLES, MissingInput, raw_manifest, read_raw, require_input
+from features.engines import DuckDBOffline, OfflineStore
 from models.atomic import atomic_dir, atomic_file, write_text
 from models.digest import sha256_file
 from models.strict import Strict
@@ -66,6 +67,50 @@ NON_NEGATIVE: Bounds = (0.0, None)
 RATE: Bounds = (0.0, 1.0)
 
 
+class SqliteOnline(Strict):
+    """Feast's SQLite online store: one file beside the registry (``<data>/feast/online.db``)."""
+
+    kind: Literal["sqlite"] = "sqlite"
+
+
+class RedisOnline(Strict):
+    """A Redis server as Feast's online store (``infra/redis.sh start DIR`` runs one on loopback)."""
+
+    kind: Literal["redis"]
+    connection: str = "127.0.0.1:6379"  # host:port
+    db: NonNegativeInt = 0  # Redis's numbered database: data dirs sharing one server each need their own
+
+    @field_validator("connection")
+    @classmethod
+    def _host_and_port(cls, connection: str) -> str:
+        host, _, port = connection.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{connection!r} is not host:port: write e.g. \"127.0.0.1:6379\"")
+        return connection
+
+    @property
+    def host(self) -> str:
+        """The server's host name or address."""
+        return self.connection.rpartition(":")[0]
+
+    @property
+    def port(self) -> int:
+        """The server's TCP port."""
+        return int(self.connection.rpartition(":")[2])
+
+
+def _kind(value: object) -> object:
+    return value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
+
+
+# Which store serves the online features, picked by ``kind`` (a callable discriminator: Strict's
+# before-validator on every field rules out pydantic's field discriminator).
+OnlineStore = Annotated[Annotated[SqliteOnline, Tag("sqlite")] | Annotated[RedisOnline, Tag("redis")],
+                        Discriminator(_kind, custom_error_type="online_store_kind",
+                                      custom_error_message="a mapping whose kind is sqlite or redis: write "
+                                                           "{kind: sqlite} or {kind: redis, connection: HOST:PORT}")]
+
+
 class FeatureConfig(Strict):
     """The ``features`` section of params.yaml."""
 
@@ -73,6 +118,9 @@ class FeatureConfig(Strict):
     prior_strength: float = 20.0
     feature_service: str = "funnel_model_v1"
     retrieval_chunk_rows: int = 1_000_000  # entity rows per Feast call: bounds peak memory (one chunk joined at a time)
+    online_store: OnlineStore = SqliteOnline()  # serving only: no table, training set or model depends on it
+    # The engine of the point-in-time join and materialization (features/engines.py): same rows on either
+    offline_store: OfflineStore = DuckDBOffline()
 
 
     @field_validator("windows_days")

@@ -179,9 +179,12 @@ def validate(accept_drift: str | None = typer.Option(
 
 @app.command()
 def train(resume: bool = typer.Option(False, "--resume", help="continue from the last epoch checkpoint"),
-          progress: bool = typer.Option(True, "--progress/--no-progress")) -> None:
+          progress: bool = typer.Option(True, "--progress/--no-progress"),
+          nproc: int | None = typer.Option(None, "--nproc", min=1, help=(
+              "DDP processes under torchrun: CPU processes (gloo) or one GPU each (NCCL); "
+              "default: params train.nproc"))) -> None:
     """Train the configured multi-task model (GPU when present); early stopping on validation."""
-    _run(steps.train, resume, progress)
+    _run(steps.train, resume, progress, overrides={"train": {"nproc": nproc} if nproc else {}})
 
 
 @app.command()
@@ -289,6 +292,20 @@ def predict(input: Path = typer.Option(..., "--input", exists=True,
             output: Path = typer.Option(..., "--output", help="predictions Parquet file to write")) -> None:
     """Score impressions with the champion: Feast point-in-time features + onnxruntime."""
     _run(steps.predict, input, output)
+
+
+@app.command()
+def serve(host: str | None = typer.Option(None, help="address to listen on (default: params serve.host)"),
+          port: int | None = typer.Option(None, min=1, max=65535, help="TCP port (default: params serve.port)")
+          ) -> None:
+    """Serve the champion over HTTP until stopped (Ctrl-C, SIGTERM): POST /score ranks a user's candidate
+    items with Feast online features; /health, /ready, /metrics, /docs. A new champion is picked up
+    when the registry's pointer moves. Takes no data-dir lock: it runs beside the retrains."""
+    from flows.serve import serve as run_service
+
+    with _expected_failures():
+        params = load_params(_State.params_path)
+        run_service(params, _paths(), host or params.serve.host, port or params.serve.port)
 
 
 @app.command()

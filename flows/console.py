@@ -11,6 +11,8 @@ import os
 import re
 
 from features.contract import ContractError, MissingInput, PartitionsQuarantined
+from features.engines import SparkUnavailable
+from features.store import OnlineStoreUnavailable
 from features.validation import ValidationFailed
 from flows.gate import CustodyError, GateFailed
 from flows.lock import DataDirLocked
@@ -21,7 +23,7 @@ from models.digest import ArtifactRefused
 # Bad input, bad config or a step run out of order: the user fixes these, no traceback needed.
 EXPECTED: tuple[type[Exception], ...] = (ContractError, MissingInput, ValidationFailed, GateFailed, RegistryError,
                                          ParamsError, PartitionsQuarantined, CustodyError, DataDirLocked,
-                                         ArtifactRefused)
+                                         ArtifactRefused, OnlineStoreUnavailable, SparkUnavailable)
 
 _LIBRARY_DEPRECATION = re.compile(r"[/\\](ibis|great_expectations)[/\\]\S*:\d+: DeprecationWarning:")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

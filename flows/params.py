@@ -123,6 +123,7 @@ class ModelSpace(Strict):
     embedding_dim: Sizes | None = Field(default_factory=lambda: [8, 16, 32])
     loss: Annotated[list[LossName], Field(min_length=1)] | None = Field(default_factory=lambda: list(CHAIN_LOSSES))
     regression_weight: FloatRange | None = FloatRange(low=0.03, high=0.3, log=True)
+    numeric_buckets: list[Annotated[int, Field(ge=0)]] | None = None  # e.g. [0, 16, 32]
 
 
 class TrainSpace(Strict):
@@ -149,6 +150,16 @@ class TuneConfig(Strict):
     space: SearchSpace = SearchSpace()
 
 
+class ServeConfig(Strict):
+    """`funnelflow serve`: where it listens, how many candidates one request may score, and how often
+    it looks for a new champion (flows/serve.py)."""
+
+    host: str = Field("127.0.0.1", min_length=1)  # loopback: put a proxy in front to expose it
+    port: int = Field(8000, ge=1, le=65535)
+    max_candidates: int = Field(1000, ge=1)  # more items in one request: 413
+    reload_seconds: float = Field(5.0, gt=0)  # the champion pointer's poll interval
+
+
 class Params(Strict):
     """Every section of params.yaml, typed; ``tasks`` has no default (it defines the funnel)."""
 
@@ -164,6 +175,7 @@ class Params(Strict):
     export: ExportConfig = ExportConfig()
     notify: NotifyConfig = NotifyConfig()
     tune: TuneConfig = TuneConfig()
+    serve: ServeConfig = ServeConfig()
 
     @property
     def task_graph(self) -> TaskGraph:
@@ -221,8 +233,10 @@ MODEL_SECTIONS = ("tasks", "features", "split", "model", "train")
 
 def params_hash(params: Params) -> str:
     """sha256 of the canonical JSON of the sections that shape the model (MODEL_SECTIONS): what a
-    blessing binds, so that a model judged under other params cannot be shipped under these."""
-    dumped = params.model_dump(mode="json")
+    blessing binds, so that a model judged under other params cannot be shipped under these. The
+    online store only serves the features, and the offline engine returns the same rows on either
+    kind, so switching them keeps the hash."""
+    dumped = params.model_dump(mode="json", exclude={"features": {"online_store", "offline_store"}})
     canonical = json.dumps({k: dumped[k] for k in MODEL_SECTIONS}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 

@@ -106,7 +106,9 @@ T = {
     "ingest": _step_task(steps.ingest, "ingest", retries=2),
     "features": _step_task(steps.build_features, "features"),
     "features_apply": _step_task(steps.features_apply, "features_apply", retries=2),
-    "materialize": _step_task(steps.features_materialize, "materialize", retries=2),
+    # Not cached: what the online store holds is checked by materialize itself (a restarted Redis is
+    # empty though no input changed); with nothing new it loads nothing.
+    "materialize": _step_task(steps.features_materialize, "materialize", retries=2, cached=False),
     "training_set": _step_task(steps.training_set, "training_set", retries=2),
     "validate": _step_task(steps.validate, "validate"),
     "train": _step_task(steps.train, "train"),

@@ -22,7 +22,9 @@ from models.atomic import atomic_file, clean_stale, write_json, write_text
 if TYPE_CHECKING:
     import pandas as pd
 
+    from features.store import FeastPaths
     from flows.registry import Registry
+    from models.train import TrainResult
 
 log = logging.getLogger("funnelflow")
 P = ParamSpec("P")
@@ -119,14 +121,21 @@ def build_features(params: Params, paths: Paths) -> dict:
     return {"rows": meta.rows, "days": list(meta.days), "update": meta.update.model_dump()}
 
 
+def _feast(params: Params, paths: Paths) -> FeastPaths:
+    """The data dir's Feast store, with the online store and the offline engine that params.yaml
+    ``features.online_store`` and ``features.offline_store`` pick."""
+    from features.store import FeastPaths
+
+    return FeastPaths(paths.feast, paths.features, params.features.online_store, params.features.offline_store)
+
+
 @timed
 def features_apply(params: Params, paths: Paths) -> dict:
     """Register the entities, feature views and feature service of the view registry in Feast."""
     from features import store
     from features.views import VIEWS
 
-    feast = store.FeastPaths(paths.feast, paths.features)
-    summary = {"applied": store.apply(feast, params.features.feature_service, VIEWS)}
+    summary = {"applied": store.apply(_feast(params, paths), params.features.feature_service, VIEWS)}
     write_json(paths.feast / "applied.json", summary)
     return summary
 
@@ -136,7 +145,7 @@ def features_materialize(params: Params, paths: Paths) -> dict:
     """Load the latest feature values into Feast's online store: only the new days once loaded."""
     from features import store
 
-    summary = store.materialize(store.FeastPaths(paths.feast, paths.features))
+    summary = store.materialize(_feast(params, paths))
     write_json(paths.feast / "materialized.json", summary)
     return summary
 
@@ -145,10 +154,9 @@ def features_materialize(params: Params, paths: Paths) -> dict:
 def training_set(params: Params, paths: Paths) -> dict:
     """Point-in-time features on every impression of the window, filled, split by time, with a
     manifest; days joined before are reused from the retrieval cache."""
-    from features.store import FeastPaths
     from features.training_set import build_training_set
 
-    manifest = build_training_set(FeastPaths(paths.feast, paths.features), paths.raw, paths.training_set,
+    manifest = build_training_set(_feast(params, paths), paths.raw, paths.training_set,
                                   params.task_graph, params.features, params.split, cache_dir=paths.retrieved)
     return {"splits": {k: v["rows"] for k, v in manifest["splits"].items()}, "data_hash": manifest["data_hash"],
             "days": manifest["days"], "retrieval": {k: len(v) for k, v in manifest["retrieval"].items()}}
@@ -180,17 +188,40 @@ def _splits(paths: Paths, *names: str) -> list[pd.DataFrame]:
 
 @timed
 def train(params: Params, paths: Paths, resume: bool = False, progress: bool = True) -> dict:
-    """Train the configured model; best epoch chosen on the validation split only."""
-    from models.train import train_model
+    """Train the configured model; best epoch chosen on the validation split only. With ``train.nproc``
+    > 1, that many DDP processes under torchrun, each reading its shard of the splits (the summary's
+    ``ranks`` says which row groups); the model dir gets the same files either way."""
+    ranks: list[dict] = []
+    if params.train.nproc > 1:
+        res, ranks = _train_distributed(params, paths, resume, progress)
+    else:
+        from models.train import train_model
 
-    train_df, valid_df = _splits(paths, "train", "validation")
-    res = train_model(train_df, valid_df, params.task_graph, params.model, params.train, paths.model,
-                      resume=resume, progress=progress)
+        train_df, valid_df = _splits(paths, "train", "validation")
+        res = train_model(train_df, valid_df, params.task_graph, params.model, params.train, paths.model,
+                          resume=resume, progress=progress)
     summary = {"model": params.model.name, "best_epoch": res.best_epoch, "best_score": res.best_score,
                "valid": res.valid_metrics, "train_seconds": res.train_seconds,
-               "samples_per_sec": res.samples_per_sec}
+               "samples_per_sec": res.samples_per_sec, "nproc": params.train.nproc}
+    if ranks:
+        summary["ranks"] = ranks
     write_json(paths.model / "train_summary.json", summary)
     return summary
+
+
+def _train_distributed(params: Params, paths: Paths, resume: bool, progress: bool) -> tuple[TrainResult, list[dict]]:
+    """``train.nproc`` torchrun workers (models/distributed.py); too few row groups is a params error."""
+    from features.contract import require_input
+    from flows.params import ParamsError
+    from models.distributed import TooFewRowGroups, launch
+
+    train_file, valid_file = (require_input(paths.training_set / f"{s}.parquet", "training-set")
+                              for s in ("train", "validation"))
+    try:
+        return launch(train_file, valid_file, params.task_graph, params.model, params.train, paths.model,
+                      params.train.nproc, resume=resume, progress=progress)
+    except TooFewRowGroups as exc:
+        raise ParamsError(f"params.yaml: train.nproc: {exc}") from None
 
 
 def _oracle(paths: Paths, ids: pd.Series) -> pd.DataFrame | None:
@@ -499,7 +530,6 @@ def predict(params: Params, paths: Paths, input_dir: Path, output: Path) -> dict
     context columns the champion reads; the output must be a new file path, not the input.
     """
     from features.contract import ContractError, check_scoring_input, read_table
-    from features.store import FeastPaths
     from features.training_set import point_in_time_features
     from flows.registry import Registry, RegistryError
     from models.export import OnnxScorer
@@ -515,7 +545,7 @@ def predict(params: Params, paths: Paths, input_dir: Path, output: Path) -> dict
     cols = scorer.preprocessor.columns
     imps = check_scoring_input(read_table(path), str(path), [c for c in cols.categorical if "__" not in c],
                                [c for c in cols.numeric if "__" not in c])
-    feats = point_in_time_features(FeastPaths(paths.feast, paths.features), imps, params.features)
+    feats = point_in_time_features(_feast(params, paths), imps, params.features)
     preds = scorer.predict(feats)
     with atomic_file(output) as tmp:
         preds.to_parquet(tmp, index=False)

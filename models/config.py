@@ -72,6 +72,9 @@ class TrainConfig(Strict):
     patience: int = Field(2, ge=0)
     seed: int = 7
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # > 1: the `train` step runs this many DDP processes under torchrun (models/distributed.py): CPU
+    # processes with gloo, or one GPU each with NCCL; 1: this process (models/train.py).
+    nproc: int = Field(1, ge=1)
     # --- not in params.yaml; defaults are what the pipeline wants ---
     monitor: str = "mean_auc"          # "mean_auc" (chained output, binary tasks) or any "task/metric"
     monitor_mode: Literal["max", "min"] = "max"

@@ -171,8 +171,32 @@ def _save_torch(obj: Any, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def _monitor_value(metrics: dict[str, float], tasks: TaskGraph, monitor: str) -> float:
+def monitor_score(metrics: dict[str, float], tasks: TaskGraph, monitor: str, train_loss: float) -> float:
+    """The early-stopping score: ``monitor`` on validation, or -train_loss without validation rows."""
+    if not metrics:
+        return -train_loss
     return mean_auc(metrics, tasks) if monitor == "mean_auc" else metrics[monitor]
+
+
+def epoch_row(epoch: int, train_loss: float, samples_per_sec: float, metrics: dict[str, float],
+              tasks: TaskGraph) -> dict[str, float]:
+    """An epoch's line of the history (curves.csv)."""
+    row = {"epoch": epoch, "train_loss": train_loss, "samples_per_sec": samples_per_sec,
+           "valid_mean_auc": mean_auc(metrics, tasks)}
+    row.update({"valid_" + k.replace("/", "_"): v for k, v in metrics.items()})
+    return row
+
+
+def update_best(best: _Best, score: float, epoch: int, metrics: dict[str, float],
+                cfg: TrainConfig) -> tuple[_Best, bool, bool]:
+    """(best, improved, stop now) after an epoch scoring ``score`` (Keras patience semantics)."""
+    better = score > best.score if cfg.monitor_mode == "max" else score < best.score
+    improved = best.epoch < 0 or (bool(np.isfinite(score)) and (not np.isfinite(best.score) or better))
+    if improved:
+        best = _Best(score, epoch, 0, metrics)
+    else:
+        best.bad_epochs += 1
+    return best, improved, best.bad_epochs > 0 and best.bad_epochs >= cfg.patience
 
 
 def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
@@ -363,7 +387,6 @@ def train_model(
     if resume and ckpt_path.exists():
         history, start_epoch, best = _load_checkpoint(ckpt_path, net, opt, scaler, gen, device)
 
-    better = (lambda a, b: a > b) if train_cfg.monitor_mode == "max" else (lambda a, b: a < b)
     n, bs = len(cat), batch_size_for(train_cfg, len(cat))
     if bs < train_cfg.batch_size:
         log.info("%s: batch size %d, not %d: %d training rows make at least %d steps an epoch", model_cfg.name,
@@ -383,18 +406,13 @@ def train_model(
         t_eval = time.perf_counter()
         preds = predict_arrays(net, v_cat, v_num, tasks, train_cfg.eval_batch_size, device, train_cfg.amp)
         metrics = evaluate_predictions(valid_labels, pd.DataFrame(preds), tasks) if len(valid_df) else {}
-        score = _monitor_value(metrics, tasks, train_cfg.monitor) if metrics else -train_loss
-        row = {"epoch": epoch, "train_loss": train_loss, "samples_per_sec": n / epoch_seconds,
-               "valid_mean_auc": mean_auc(metrics, tasks)}
-        row.update({"valid_" + k.replace("/", "_"): v for k, v in metrics.items()})
+        score = monitor_score(metrics, tasks, train_cfg.monitor, train_loss)
+        row = epoch_row(epoch, train_loss, n / epoch_seconds, metrics, tasks)
         history.append(row)
 
-        if best.epoch < 0 or (np.isfinite(score) and (not np.isfinite(best.score) or better(score, best.score))):
-            best = _Best(score, epoch, 0, metrics)
+        best, improved, stopped = update_best(best, score, epoch, metrics, train_cfg)
+        if improved:
             _save_torch(net.state_dict(), out_dir / MODEL_FILE)
-        else:
-            best.bad_epochs += 1
-        stopped = best.bad_epochs > 0 and best.bad_epochs >= train_cfg.patience  # Keras semantics
         _save_checkpoint(ckpt_path, net, opt, scaler, gen, device, epoch, history, best)
         write_curves(history, out_dir, train_cfg.monitor, png=False)  # PNG once at the end (~0.3 s each)
         _log_epoch(model_cfg.name, epoch, train_cfg.epochs, row | {"train_seconds": epoch_seconds},

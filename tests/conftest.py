@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,16 @@ def pipeline_data(tmp_path_factory, params):
     steps.features_materialize(params, paths)
     steps.training_set(params, paths)
     return paths
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A Redis server on loopback (infra/redis.sh: installed when missing, a free port, in memory only),
+    as its connection string "127.0.0.1:PORT"; stopped by its PID at the end. It fails, never skips,
+    when Redis cannot be installed or started: the online-store tests must run."""
+    folder, script = tmp_path_factory.mktemp("redis"), REPO / "infra" / "redis.sh"
+    start = subprocess.run(["bash", str(script), "start", str(folder)], capture_output=True, text=True, timeout=900)
+    if start.returncode != 0:
+        pytest.fail(f"infra/redis.sh start {folder} failed: {start.stderr.strip()}", pytrace=False)
+    yield start.stdout.strip().splitlines()[-1]
+    subprocess.run(["bash", str(script), "stop", str(folder)], check=True, capture_output=True, timeout=60)

@@ -1,22 +1,66 @@
 """Every retrieved feature on a sample equals an independent reference built from the raw events with
-``pandas.merge_asof`` / brute force, under the contract's rule: only rows strictly before t."""
+``pandas.merge_asof`` / brute force, under the contract's rule: only rows strictly before t. On both
+offline engines (params.yaml features.offline_store): the embedded DuckDB ASOF store, and Feast's Spark
+offline store in ``local[2]`` (one Spark session for the test process), whose training set must be the
+DuckDB one row for row."""
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from features.contract import read_raw
 from features.engineering import read_table
+from features.engines import SparkOffline
 from features.training_set import UNKNOWN_ID
+from flows import steps
+from flows.params import Paths
 
 pytestmark = pytest.mark.e2e
 SAMPLE = 400
+SPLITS = ("train", "validation", "test")
+ENGINES = ("duckdb", "spark")
+SPARK = SparkOffline(kind="spark", master="local[2]", driver_memory="1g", shuffle_partitions=2)
+
+
+def _on(params, engine):
+    if engine == "duckdb":
+        return params
+    return params.model_copy(update={"features": params.features.model_copy(update={"offline_store": SPARK})})
 
 
 @pytest.fixture(scope="module")
-def retrieved(pipeline_data):
-    df = pd.concat([pd.read_parquet(pipeline_data.training_set / f"{s}.parquet")
-                    for s in ("train", "validation", "test")])
+def spark_data(tmp_path_factory, params, pipeline_data):
+    """pipeline_data's raw store and feature tables, applied and joined again on Spark."""
+    paths = Paths(tmp_path_factory.mktemp("spark"))
+    for name in ("raw", "features"):
+        getattr(paths, name).symlink_to(getattr(pipeline_data, name), target_is_directory=True)
+    steps.features_apply(_on(params, "spark"), paths)
+    steps.training_set(_on(params, "spark"), paths)
+    return paths
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def engine_data(request, pipeline_data):
+    return pipeline_data if request.param == "duckdb" else request.getfixturevalue("spark_data")
+
+
+@pytest.fixture(scope="module")
+def retrieved(engine_data):
+    df = pd.concat([pd.read_parquet(engine_data.training_set / f"{s}.parquet") for s in SPLITS])
     return df.sample(SAMPLE, random_state=0).sort_values("event_timestamp").reset_index(drop=True)
+
+
+def test_both_engines_write_the_same_training_set(pipeline_data, spark_data):
+    """Row for row: every split's values, dtypes and order, and so the manifest's data hash."""
+    for split in SPLITS:
+        duck, spark = (pd.read_parquet(d.training_set / f"{split}.parquet") for d in (pipeline_data, spark_data))
+        assert len(duck) > 1000
+        pd.testing.assert_frame_equal(spark, duck, check_exact=True)
+        ordered = spark.sort_values("impression_id", ignore_index=True)
+        pd.testing.assert_frame_equal(ordered, duck.sort_values("impression_id", ignore_index=True), check_exact=True)
+    duck, spark = (json.loads((d.training_set / "manifest.json").read_text()) for d in (pipeline_data, spark_data))
+    assert spark["data_hash"] == duck["data_hash"]
 
 
 def _strict_asof(left, right, key):
@@ -71,12 +115,12 @@ def test_no_feature_row_later_than_the_impression(pipeline_data, retrieved):
         np.testing.assert_array_equal(retrieved[f"{view}__{col}"][seen.to_numpy()], ref[col][seen])
 
 
-def test_profile_row_stamped_exactly_at_impression_time_is_not_seen(tmp_path, params, small_data):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_profile_row_stamped_exactly_at_impression_time_is_not_seen(tmp_path, params, small_data, engine):
     """A snapshot taking effect at exactly t must not be visible to an impression at t."""
     from features.contract import FunnelDataset, write_dataset
-    from flows import steps
-    from flows.params import Paths
 
+    params = _on(params, engine)
     imps = small_data.impressions.head(2000).copy()
     users = small_data.users.copy()
     target = imps.iloc[1500]
@@ -96,8 +140,6 @@ def test_profile_row_stamped_exactly_at_impression_time_is_not_seen(tmp_path, pa
 
 
 def test_training_set_split_is_by_time_and_manifest_is_complete(pipeline_data, params):
-    import json
-
     man = json.loads((pipeline_data.training_set / "manifest.json").read_text())
     tr, va, te = (man["splits"][s] for s in ("train", "validation", "test"))
     assert tr["time_range"][1] < va["time_range"][0] and va["time_range"][1] < te["time_range"][0]

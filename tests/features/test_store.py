@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from features import store
 from features.contract import read_raw
@@ -27,6 +28,24 @@ def test_the_clis_feature_store_yaml_equals_the_code_config(tmp_path, monkeypatc
     assert cli.model_dump(exclude={"repo_path"}) == code.model_dump(exclude={"repo_path"})
     assert cli.offline_store == code.offline_store and cli.online_store == code.online_store
     assert cli.registry == code.registry
+
+
+def test_the_yamls_commented_redis_store_equals_the_code_config(tmp_path, monkeypatch):
+    from feast.repo_config import load_repo_config
+
+    from features.engineering import RedisOnline
+
+    text = (FEATURE_REPO / "feature_store.yaml").read_text()
+    raw = yaml.safe_load(text)
+    commented = text[text.index("# online_store:"):text.index("offline_store:")]  # the yaml's Redis alternative
+    raw.update(yaml.safe_load("\n".join(line.removeprefix("# ") for line in commented.splitlines())))
+    (tmp_path / "feature_store.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("FUNNELFLOW_DATA_DIR", str(tmp_path))
+    cli = load_repo_config(FEATURE_REPO, tmp_path / "feature_store.yaml")
+    online = RedisOnline(kind="redis", connection="127.0.0.1:6379")
+    code = store.repo_config(FeastPaths(tmp_path / "feast", tmp_path / "features", online))
+    assert cli.online_store.type == "redis" and cli.online_store == code.online_store
+    assert cli.model_dump(exclude={"repo_path"}) == code.model_dump(exclude={"repo_path"})
 
 
 def _store_on(root, raw, params, windows):
@@ -55,7 +74,7 @@ def test_two_stores_on_two_data_dirs_in_one_process_do_not_interfere(pipeline_da
         assert {v.batch_source.path for v in fs.list_feature_views()} == {
             str(table_glob(paths.tables, v.name)) for v in VIEWS}
         store.materialize(paths)
-        assert paths.online.exists() and paths.registry.exists()
+        assert paths.sqlite.exists() and paths.registry.exists()
     assert _retrieved_columns(a, entities, service) == cols_a  # still a's after b's materialize
 
 

@@ -1,0 +1,226 @@
+"""The online store beyond SQLite: Redis selected in params.yaml, loaded by materialize in full on a
+switch or when it lost its data, incrementally after a new day, and serving what SQLite serves (real
+Feast, a real redis-server from infra/redis.sh)."""
+import itertools
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import redis
+import yaml
+
+from features import store
+from features.contract import FunnelDataset, ingest, write_partitioned
+from features.engineering import RedisOnline, SqliteOnline, build_feature_tables, read_table
+from features.generate import generate
+from features.store import FeastPaths, OnlineStoreUnavailable
+from features.views import VIEWS
+from flows.params import ParamsError, load_params, params_hash
+
+REPO = Path(__file__).resolve().parents[2]
+DAYS = 6
+_dbs = itertools.count(1)  # one Redis database per test: the session's server is shared
+SQLITE = SqliteOnline()
+
+
+@pytest.fixture
+def redis_db(redis_server):
+    """A Redis online store on the session's server, in a database of its own, empty."""
+    online = RedisOnline(kind="redis", connection=redis_server, db=next(_dbs))
+    redis.Redis(host=online.host, port=online.port, db=online.db).flushdb()
+    return online
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """A small generated dataset as day partitions."""
+    root = tmp_path_factory.mktemp("online_source")
+    data = generate(rows=4000, days=DAYS, seed=11)
+    write_partitioned(FunnelDataset(data.impressions, data.users, data.items), root)
+    return root
+
+
+def _land(source, landing, days):
+    landing.mkdir(exist_ok=True)
+    for day in sorted(p.name for p in source.glob("dt=*"))[:days]:
+        if not (landing / day).exists():
+            shutil.copytree(source / day, landing / day)
+
+
+def _data_dir(root, source, params, days, online=SQLITE):
+    """A data dir with ``days`` days ingested, their feature tables built and the views applied on ``online``."""
+    _land(source, root / "landing", days)
+    ingest(root / "landing", root / "raw", params.task_graph, root / "quarantine")
+    paths = FeastPaths(root / "feast", root / "features", online)
+    build_feature_tables(root / "raw", paths.tables, params.task_graph, params.features, VIEWS)
+    store.apply(paths, params.features.feature_service, VIEWS)
+    return SimpleNamespace(root=root, paths=paths)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, source, params):
+    return _data_dir(tmp_path_factory.mktemp("online"), source, params, DAYS)
+
+
+def _online(paths, online, params, rows):
+    """The feature service's online values for ``rows`` (user_id, item_id) as one frame."""
+    fs = store.open_store(FeastPaths(paths.feast, paths.tables, online))
+    got = fs.get_online_features(features=fs.get_feature_service(params.features.feature_service),
+                                 entity_rows=rows, full_feature_names=True).to_dict()
+    return pd.DataFrame(got).sort_index(axis=1)
+
+
+def _rows(root, n=40):
+    """Sampled (user, item) pairs of the impressions, and one pair never seen."""
+    imps = pd.read_parquet(next((root / "raw").glob("dt=*/impressions.parquet")))
+    sample = imps.sample(n, random_state=0)
+    rows = [{"user_id": int(u), "item_id": int(i)} for u, i in zip(sample["user_id"], sample["item_id"], strict=True)]
+    return [*rows, {"user_id": 10**9, "item_id": 10**9}]
+
+
+def _modes(summary):
+    return set(summary["modes"].values())
+
+
+@pytest.mark.e2e
+def test_redis_serves_what_sqlite_serves_and_a_switch_loads_in_full(built, redis_db, params):
+    sqlite = built.paths
+    assert _modes(store.materialize(sqlite)) == {"full"}
+    on_redis = FeastPaths(sqlite.feast, sqlite.tables, redis_db)
+    switched = store.materialize(on_redis)
+    assert _modes(switched) == {"full"} and switched["store"] == f"redis {redis_db.connection} db {redis_db.db}"
+    rows = _rows(built.root)
+    from_redis = _online(sqlite, redis_db, params, rows)
+    assert from_redis.notna().any().all() and len(from_redis.columns) > 10
+    pd.testing.assert_frame_equal(from_redis, _online(sqlite, SqliteOnline(), params, rows), check_exact=True)
+    assert _modes(store.materialize(on_redis)) == {"none"}  # the record is Redis's now, and trusted
+    assert _modes(store.materialize(sqlite)) == {"full"}  # back to SQLite: its rows may be stale
+
+
+@pytest.mark.e2e
+def test_a_flushed_redis_is_reloaded_in_full(built, redis_db, params):
+    on_redis = FeastPaths(built.paths.feast, built.paths.tables, redis_db)
+    store.materialize(on_redis)
+    rows = _rows(built.root)
+    before = _online(built.paths, redis_db, params, rows)
+    redis.Redis(host=redis_db.host, port=redis_db.port, db=redis_db.db).flushdb()  # a restarted server: empty
+    assert _online(built.paths, redis_db, params, rows).drop(columns=["user_id", "item_id"]).isna().all().all()
+    assert _modes(store.materialize(on_redis)) == {"full"}
+    pd.testing.assert_frame_equal(_online(built.paths, redis_db, params, rows), before, check_exact=True)
+
+
+def _latest(tables, view, key, n=25):
+    table = read_table(tables, view).sort_values("event_timestamp")
+    return table.groupby(key).tail(1).set_index(key).sample(n, random_state=1)
+
+
+def _assert_serves_latest(paths, online, view, key, features):
+    latest = _latest(paths.tables, view, key)
+    fs = store.open_store(FeastPaths(paths.feast, paths.tables, online))
+    got = fs.get_online_features(features=[f"{view}:{f}" for f in features],
+                                 entity_rows=[{key: int(k)} for k in latest.index]).to_dict()
+    for f in features:
+        np.testing.assert_array_equal(got[f], latest[f].to_numpy(), err_msg=f)
+
+
+@pytest.mark.e2e
+def test_a_new_day_loads_incrementally_into_redis_and_a_replaced_day_in_full(tmp_path, source, redis_db, params):
+    data = _data_dir(tmp_path, source, params, DAYS - 1, redis_db)
+    on_redis = data.paths
+    assert _modes(store.materialize(on_redis)) == {"full"}
+    _land(source, tmp_path / "landing", DAYS)
+    ingest(tmp_path / "landing", tmp_path / "raw", params.task_graph, tmp_path / "quarantine")
+    build_feature_tables(tmp_path / "raw", data.paths.tables, params.task_graph, params.features, VIEWS)
+    new_day = store.materialize(on_redis)
+    assert new_day["modes"]["user_activity"] == "incremental" and _modes(new_day) <= {"incremental", "none"}
+    _assert_serves_latest(data.paths, redis_db, "user_activity", "user_id", ["clicks_7d", "value_sum_30d"])
+
+    # The new day replaced (labels cleared): same timestamps, other values; Redis must take them.
+    day = max(tmp_path.joinpath("landing").glob("dt=*"))
+    imps = pd.read_parquet(day / "impressions.parquet")
+    for col in ("click", "conversion", "value"):
+        imps[col] = np.zeros(len(imps), dtype=imps[col].dtype)
+    imps.to_parquet(day / "impressions.parquet", index=False)
+    ingest(tmp_path / "landing", tmp_path / "raw", params.task_graph, tmp_path / "quarantine")
+    build_feature_tables(tmp_path / "raw", data.paths.tables, params.task_graph, params.features, VIEWS)
+    assert store.materialize(on_redis)["modes"]["user_activity"] == "full"
+    _assert_serves_latest(data.paths, redis_db, "user_activity", "user_id", ["clicks_7d", "value_sum_30d"])
+
+    # Applied on Redis, switched to SQLite: its tables are made before the full load.
+    assert _modes(store.materialize(FeastPaths(on_redis.feast, on_redis.tables))) == {"full"}
+    _assert_serves_latest(data.paths, SqliteOnline(), "user_activity", "user_id", ["clicks_7d", "value_sum_30d"])
+
+
+@pytest.mark.e2e
+def test_an_unreachable_redis_fails_in_one_line_naming_the_fix(built):
+    with socket.socket() as s:  # a loopback port bound, never listened on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        online = RedisOnline(kind="redis", connection=f"127.0.0.1:{port}")
+        with pytest.raises(OnlineStoreUnavailable, match=rf"redis 127.0.0.1:{port} db 0 .*infra/redis.sh start"):
+            store.materialize(FeastPaths(built.paths.feast, built.paths.tables, online))
+
+
+def _params_with(tmp_path, online_store):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["features"]["online_store"] = online_store
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return load_params(path, tuned=False)
+
+
+@pytest.mark.parametrize(("online_store", "error"), [
+    ({"kind": "redis", "connection": "127.0.0.1:6379", "password": "x"}, "features.online_store.password: Extra"),
+    ({"kind": "sqlite", "path": "/tmp/online.db"}, "features.online_store.path: Extra"),
+    ({"kind": "memcached"}, "features.online_store: a mapping whose kind is sqlite or redis"),
+    ({"connection": "127.0.0.1:6379"}, "features.online_store: a mapping whose kind is sqlite or redis"),
+    ({"kind": "redis", "connection": "localhost"}, "features.online_store.connection: .*is not host:port"),
+], ids=["redis-extra", "sqlite-extra", "unknown-kind", "no-kind", "no-port"])
+def test_online_store_config_is_a_strict_union_on_kind(tmp_path, online_store, error):
+    with pytest.raises(ParamsError, match=error):
+        _params_with(tmp_path, online_store)
+
+
+def test_the_online_store_is_serving_only_and_keeps_the_params_hash(tmp_path):
+    sqlite = _params_with(tmp_path, {"kind": "sqlite"})
+    on_redis = _params_with(tmp_path, {"kind": "redis", "connection": "10.0.0.5:6380", "db": 2})
+    assert on_redis.features.online_store == RedisOnline(kind="redis", connection="10.0.0.5:6380", db=2)
+    assert load_params(REPO / "params.yaml", tuned=False).features.online_store == SqliteOnline()
+    assert params_hash(on_redis) == params_hash(sqlite)
+    assert store.repo_config(FeastPaths(tmp_path, tmp_path, on_redis.features.online_store)).online_store.model_dump(
+        include={"type", "connection_string", "skip_dedup"}) == {
+        "type": "redis", "connection_string": "10.0.0.5:6380,db=2", "skip_dedup": True}
+
+
+def _alive(pid):
+    """Whether ``pid`` runs (a zombie left for a container's init to reap does not)."""
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _redis_sh(*args):
+    return subprocess.run(["bash", str(REPO / "infra" / "redis.sh"), *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_redis_sh_starts_in_memory_on_a_free_port_and_stops_that_pid(tmp_path, redis_server):
+    started = _redis_sh("start", str(tmp_path))
+    assert started.returncode == 0, started.stderr
+    pid, port = int((tmp_path / "redis.pid").read_text()), int((tmp_path / "redis.port").read_text())
+    assert started.stdout.strip() == f"127.0.0.1:{port}" != redis_server
+    client = redis.Redis(host="127.0.0.1", port=port)
+    assert client.ping() and client.config_get("save") == {"save": ""}
+    assert client.config_get("appendonly") == {"appendonly": "no"}
+    again = _redis_sh("start", str(tmp_path))
+    assert again.returncode == 1 and "running already" in again.stderr
+    assert _redis_sh("stop", str(tmp_path)).returncode == 0
+    with pytest.raises(redis.ConnectionError):
+        client.ping()
+    assert not _alive(pid) and not (tmp_path / "redis.pid").exists()
+    host, session_port = redis_server.split(":")
+    assert redis.Redis(host=host, port=int(session_port)).ping()  # the session's server still runs
