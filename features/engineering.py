@@ -43,7 +43,7 @@ from features.contract import PARTITIONS, TABLES, MissingInput, raw_manifest, re
 from features.engines import DuckDBOffline, OfflineStore
 from models.atomic import atomic_dir, atomic_file, write_text
 from models.digest import sha256_file
-from models.strict import Strict
+from models.strict import Strict, kind_of
 from models.tasks import TaskGraph
 
 if TYPE_CHECKING:
@@ -99,14 +99,10 @@ class RedisOnline(Strict):
         return int(self.connection.rpartition(":")[2])
 
 
-def _kind(value: object) -> object:
-    return value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
-
-
-# Which store serves the online features, picked by ``kind`` (a callable discriminator: Strict's
+# Which store serves the online features, picked by ``kind`` (models.strict.kind_of says why a callable).
 # before-validator on every field rules out pydantic's field discriminator).
 OnlineStore = Annotated[Annotated[SqliteOnline, Tag("sqlite")] | Annotated[RedisOnline, Tag("redis")],
-                        Discriminator(_kind, custom_error_type="online_store_kind",
+                        Discriminator(kind_of, custom_error_type="online_store_kind",
                                       custom_error_message="a mapping whose kind is sqlite or redis: write "
                                                            "{kind: sqlite} or {kind: redis, connection: HOST:PORT}")]
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Discriminator, PositiveInt, Tag, field_validator
 
-from models.strict import Strict
+from models.strict import Strict, kind_of
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -102,13 +102,8 @@ def spark_session(cfg: SparkOffline) -> SparkSession:
     return session
 
 
-def _kind(value: object) -> object:
-    return value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
-
-
-# Which engine runs the point-in-time join and materialization, picked by ``kind`` (a callable
-# discriminator, as for the online store: Strict's before-validator rules out a field discriminator).
+# Which engine runs the point-in-time join and materialization, picked by ``kind`` (models.strict.kind_of).
 OfflineStore = Annotated[Annotated[DuckDBOffline, Tag("duckdb")] | Annotated[SparkOffline, Tag("spark")],
-                         Discriminator(_kind, custom_error_type="offline_store_kind",
+                         Discriminator(kind_of, custom_error_type="offline_store_kind",
                                        custom_error_message="a mapping whose kind is duckdb or spark: write "
                                                             "{kind: duckdb} or {kind: spark, master: \"local[2]\"}")]
