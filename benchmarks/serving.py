@@ -226,9 +226,9 @@ def scorer_stages(scorer: OnnxScorer, frames: list[tuple[pd.DataFrame]], calls: 
         t1 = clock()
         num = pre.encode_numeric(df)
         t2 = clock()
-        res = scorer.session.run(scorer.outputs, {"categorical": cat, "numeric": num})
+        scores = scorer.run(cat, num)
         t3 = clock()
-        scorer.output_frame(df, res)
+        scorer.output_frame(df, scores)
         t4 = clock()
         for k, a, b in (("encode categorical", t0, t1), ("encode numeric", t1, t2), ("session.run", t2, t3),
                         ("output frame", t3, t4)):

@@ -48,6 +48,7 @@ from features.engineering import (
 )
 from features.store import FeastPaths
 from models.atomic import atomic_dir, write_json
+from models.preprocess import column_values
 from models.strict import Strict
 from models.tasks import TaskGraph
 
@@ -106,38 +107,33 @@ class FillPolicy:
         # Each prior's values with a NaN after the last: the index -1 of a time before the first prior.
         self._prior_values = {n: np.append(self.priors[n].to_numpy(np.float64), np.nan) for n in names}
 
-    def _priors_at(self, ts: pd.Series) -> dict[str, np.ndarray]:
+    def _priors_at(self, micros: np.ndarray) -> dict[str, np.ndarray]:
         """Each prior used by a fill, as in force at each row's time: the last prior stamped at or
         before it (an as-of join), NaN before the first."""
-        at = np.searchsorted(self._prior_times, _micros(ts), side="right") - 1
+        at = np.searchsorted(self._prior_times, micros, side="right") - 1
         return {name: values[at] for name, values in self._prior_values.items()}
 
     def apply(self, df: pd.DataFrame) -> pd.DataFrame:
         """``df`` with every feature column's missing values filled and its declared dtype."""
-        filled = self.fill({c: df[c] for c in self.features}, df["event_timestamp"])
+        filled = self.fill({c: df[c] for c in self.features}, _micros(df["event_timestamp"]))
         return pd.DataFrame({c: filled.get(c, df[c]) for c in df.columns}, index=df.index, copy=False)
 
-    def fill(self, columns: Mapping[str, Any], ts: pd.Series) -> dict[str, Any]:
-        """The feature ``columns`` (arrays or Series of rows stamped ``ts``) filled: an online request
-        builds its one frame from these, without a frame before the fill."""
-        prior = self._priors_at(ts)
+    def fill(self, columns: Mapping[str, Any], micros: np.ndarray) -> dict[str, Any]:
+        """The feature ``columns`` (arrays or Series of rows stamped ``micros``, int64 microseconds since
+        the epoch) filled: an online request scores these arrays without ever building a frame."""
+        prior = self._priors_at(micros)
         out: dict[str, Any] = {}
         for col, m in self.features.items():
             x = columns[col]
             if m.fill == UNKNOWN:
-                out[col] = _values(x, np.int64, UNKNOWN_ID)
+                out[col] = column_values(x, np.int64, UNKNOWN_ID)
             elif m.fill == KEEP:
                 out[col] = x
             else:
-                v = _values(x, np.float64, np.nan)
+                v = column_values(x, np.float64, np.nan)
                 fill = 0.0 if m.fill == ZERO else prior[m.fill.removeprefix(PRIOR)]
                 out[col] = np.where(np.isnan(v), fill, v)
         return out
-
-
-def _values(x: Any, dtype: type, na: float | int) -> np.ndarray:
-    """A Series, a pandas extension array or a numpy array as numpy ``dtype``, missing values as ``na``."""
-    return x.to_numpy(dtype, na_value=na) if hasattr(x, "to_numpy") else np.asarray(x, dtype)
 
 
 def _micros(ts: pd.Series) -> np.ndarray:

@@ -23,19 +23,21 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import numpy as np
+import orjson
 import pandas as pd
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, create_model
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from features.contract import require_input
 from features.engineering import Dtype
@@ -228,7 +230,8 @@ class Service:
             RegistryError: a file missing or changed.
             ValueError: it would not serve these requests (one line saying why).
         """
-        # One onnxruntime thread: a request is small, and concurrent requests take the other cores.
+        # One onnxruntime thread: a second one gains ~0.1 ms at a hundred rows, and its spinning takes the
+        # core that the store and the other replicas use.
         scorer = OnnxScorer(self.registry.verify(version), threads=1)
         if scorer.outputs != self.outputs:
             raise ValueError(f"its outputs {scorer.outputs} are not this service's {self.outputs} (params tasks): "
@@ -239,8 +242,8 @@ class Service:
         if missing:
             raise ValueError(f"it reads columns this service does not have: {missing}")
         context = {c: 0 if d == "int64" else None for c, d in self.context.items()}
-        smoke = scorer.predict(online.assemble(0, [0], pd.Timestamp.now(UTC), context, self.context, online.missing(1)))
-        if not np.isfinite(smoke[self.outputs].to_numpy()).all():
+        smoke = scorer.scores(online.assemble(0, [0], pd.Timestamp.now(UTC), context, self.context, online.missing(1)))
+        if not np.isfinite(smoke).all():
             raise ValueError("it scores an unknown user and item to non-finite values")
         return Champion(version, scorer)
 
@@ -259,7 +262,7 @@ class Service:
         return Readiness(ready=champ is not None and self.online is not None,
                          champion=champ and champ.version, store=self.online is not None)
 
-    def score(self, body: Any, request: Request, response: Response) -> dict:
+    def score(self, body: Any, request: Request) -> Response:
         """Score one request (see the module docstring); HTTPException 413 or 503 when it cannot."""
         champ, online = self.champion, self.online  # read once: a swap during the request does not touch it
         if champ is None or online is None:
@@ -269,29 +272,71 @@ class Service:
             raise HTTPException(413, f"items: {len(items)} candidates, at most {self.cfg.max_candidates} "
                                      "(serve.max_candidates): split the request")
         ctx = body.context
-        at = pd.Timestamp(ctx.event_timestamp or datetime.now(UTC))
+        at = pd.Timestamp(ctx.event_timestamp or datetime.now(UTC)).tz_convert(UTC)
         try:
             rows = online.rows(body.user_id, items, at, ctx.model_dump(), self.context)
         except Exception as exc:
             _event("store_error", error=f"{type(exc).__name__}: {exc}")
             raise HTTPException(503, f"the online store is unavailable ({type(exc).__name__})") from None
         t0 = time.perf_counter()
-        preds = champ.scorer.predict(rows.frame)
+        values = champ.scorer.scores(rows.columns)
         seconds = {**rows.seconds, "model": time.perf_counter() - t0}
-        values = preds[self.outputs].to_numpy()
         if not np.isfinite(values).all():
             raise RuntimeError(f"champion {champ.version} scored non-finite values")
         for stage, s in seconds.items():
             self.metrics.stages.labels(stage).observe(s)
-        response.headers["Server-Timing"] = ", ".join(f"{k};dur={v * 1e3:.3f}" for k, v in seconds.items())
         request.state.log = {"user_id": body.user_id, "candidates": len(items), "champion": champ.version,
                              "unknown_user": rows.unknown_user, "unknown_items": int(rows.unknown_items.sum())}
         order = np.argsort(-values[:, self.outputs.index(self.rank_by)], kind="stable")
         candidates = [{"item_id": items[i], "rank": r, "unknown_item": bool(rows.unknown_items[i]),
                        **dict(zip(self.outputs, values[i].tolist(), strict=True))}
                       for r, i in enumerate(order.tolist(), start=1)]
-        return {"champion": champ.version, "user_id": body.user_id, "unknown_user": rows.unknown_user,
-                "event_timestamp": at.to_pydatetime(), "rank_by": self.rank_by, "candidates": candidates}
+        answer = {"champion": champ.version, "user_id": body.user_id, "unknown_user": rows.unknown_user,
+                  "event_timestamp": at.to_pydatetime(), "rank_by": self.rank_by, "candidates": candidates}
+        # Encoded here: FastAPI's validation and encoding of a hundred candidates against the response
+        # model costs about what the model does. The schema test holds these answers to that model.
+        timing = ", ".join(f"{k};dur={v * 1e3:.3f}" for k, v in seconds.items())
+        return Response(orjson.dumps(answer, option=orjson.OPT_UTC_Z), media_type="application/json",
+                        headers={"Server-Timing": timing})
+
+
+class Observe:
+    """ASGI middleware: times each request, counts it in the metrics and logs one JSON line for it; a
+    bug (an exception, not the request's fault) is answered 500 and logged, and the process lives on.
+    Plain ASGI, not Starlette's BaseHTTPMiddleware, whose task group per request costs ~1 ms."""
+
+    def __init__(self, app: ASGIApp, service: Service):
+        self.app, self.service = app, service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0, status = time.perf_counter(), 0
+
+        async def send_and_see(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_see)
+        except Exception as exc:
+            _event("error", path=scope["path"], error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+            if status:  # the answer has begun: nothing more can be said on this connection
+                raise
+            status = 500
+            await JSONResponse({"detail": f"internal error ({type(exc).__name__})"}, status_code=500)(
+                scope, receive, send)
+        seconds = time.perf_counter() - t0
+        # The route template (FastAPI's own /openapi.json and /docs set none: their path), so that no
+        # label is made per arbitrary URL.
+        route = getattr(scope.get("route"), "path", None)
+        path = route or (scope["path"] if status != 404 else "unmatched")
+        self.service.metrics.request(path, status, seconds)
+        _event("request", method=scope["method"], path=path, status=status, ms=round(seconds * 1e3, 3),
+               **scope.get("state", {}).get("log", {}))
 
 
 def create_app(params: Params, paths: Paths) -> FastAPI:
@@ -325,28 +370,14 @@ def create_app(params: Params, paths: Paths) -> FastAPI:
         413: {"model": Problem, "description": "more candidates than serve.max_candidates"},
         503: {"model": Problem, "description": "no champion loaded, or the online store unavailable"}}
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        t0 = time.perf_counter()
-        try:
-            response = await call_next(request)
-        except Exception as exc:  # a bug, not the request's fault: answered and logged, the process lives on
-            _event("error", path=request.url.path, error=f"{type(exc).__name__}: {exc}",
-                   traceback=traceback.format_exc())
-            response = JSONResponse({"detail": f"internal error ({type(exc).__name__})"}, status_code=500)
-        seconds = time.perf_counter() - t0
-        # The route template (FastAPI's own /openapi.json and /docs set none: their path), so that no
-        # label is made per arbitrary URL.
-        route = getattr(request.scope.get("route"), "path", None)
-        path = route or (request.url.path if response.status_code != 404 else "unmatched")
-        service.metrics.request(path, response.status_code, seconds)
-        _event("request", method=request.method, path=path, status=response.status_code,
-               ms=round(seconds * 1e3, 3), **getattr(request.state, "log", {}))
-        return response
+    app.add_middleware(Observe, service=service)
 
-    def score(body: Any, request: Request, response: Response) -> dict:
+    async def score(body: Any, request: Request) -> Response:
         """Score a user's candidate items with the champion: best first, with the predictions layout."""
-        return service.score(body, request, response)
+        # On the event loop, not in FastAPI's worker threads: a request is a few ms of CPU, and the thread
+        # hop added ~2 ms at one candidate (benchmarks/online.py). A process scores one request at a time:
+        # more cores take more processes (replicas behind a load balancer).
+        return service.score(body, request)
 
     score.__annotations__["body"] = ScoreRequest  # a model built here: FastAPI reads the body's schema from it
     app.add_api_route("/score", score, methods=["POST"], response_model=ScoreResponse, responses=problems)

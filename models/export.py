@@ -27,7 +27,7 @@ from models.atomic import atomic_dir
 from models.config import ExportConfig
 from models.digest import sha256_file
 from models.networks import FunnelNet, prediction_columns
-from models.preprocess import Preprocessor
+from models.preprocess import Columns, Preprocessor
 from models.tasks import TaskGraph
 from models.train import MODEL_FILE, PREPROCESS_FILE, load_model
 
@@ -165,10 +165,18 @@ class OnnxScorer:
 
     def predict(self, df: pd.DataFrame) -> pd.DataFrame:
         """Predictions layout: impression_id + one column per output."""
-        cat, num = self.preprocessor.encode(df)
-        return self.output_frame(df, self.session.run(self.outputs, {"categorical": cat, "numeric": num}))
+        return self.output_frame(df, self.scores(df))
 
-    def output_frame(self, df: pd.DataFrame, res: list[np.ndarray]) -> pd.DataFrame:
+    def scores(self, data: pd.DataFrame | Columns) -> np.ndarray:
+        """float64 [N, len(outputs)] of a frame or of a live request's Columns (no frame to build)."""
+        return self.run(*self.preprocessor.encode(data))
+
+    def run(self, cat: np.ndarray, num: np.ndarray) -> np.ndarray:
+        """float64 [N, len(outputs)] of encoded inputs (Preprocessor.encode)."""
+        res = self.session.run(self.outputs, {"categorical": cat, "numeric": num})
+        return np.column_stack([arr.astype(np.float64).reshape(-1) for arr in res])
+
+    def output_frame(self, df: pd.DataFrame, scores: np.ndarray) -> pd.DataFrame:
         cols = {"impression_id": df["impression_id"].to_numpy()} if "impression_id" in df else {}
-        cols.update({name: arr.astype(np.float64).reshape(-1) for name, arr in zip(self.outputs, res, strict=True)})
+        cols.update({name: scores[:, j] for j, name in enumerate(self.outputs)})
         return pd.DataFrame(cols, copy=False)  # one constructor call: per-column inserts cost ~0.3 ms at batch 1

@@ -13,8 +13,10 @@ cut-off, a price band) out of ReLUs, so the bucket embedding gives it those step
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -53,16 +55,40 @@ def infer_feature_columns(df: pd.DataFrame, tasks: TaskGraph) -> FeatureColumns:
 
 ENCODE_CHUNK_ROWS = 65_536
 
+Columns = Mapping[str, Any]
+"""A live request's input columns by name, without a frame: numpy arrays or pandas (nullable) arrays,
+all of one length. Encoded in one piece (a request is bounded); building a frame and selecting its
+columns costs more than the model at a hundred rows."""
 
-def _row_chunks(df: pd.DataFrame):
-    """(start, rows) slices of ``df``. Encoding goes chunk by chunk: a float64 [N, F] block and its
-    temporaries would peak at ~4x the float32 output (10 GB at 7M training rows); within a chunk one
-    block conversion per dtype (column by column cost ~30 µs per column at batch 1)."""
-    if len(df) <= ENCODE_CHUNK_ROWS:
-        yield 0, df
+
+def column_values(x: Any, dtype: type, na: float | int) -> np.ndarray:
+    """A Series, a pandas extension array or a numpy array as numpy ``dtype``, missing values as ``na``."""
+    return x.to_numpy(dtype, na_value=na) if hasattr(x, "to_numpy") else np.asarray(x, dtype)
+
+
+def _length(data: pd.DataFrame | Columns) -> int:
+    return len(data) if isinstance(data, pd.DataFrame) else len(next(iter(data.values())))
+
+
+def _row_chunks(data: pd.DataFrame | Columns) -> Iterator[tuple[int, pd.DataFrame | Columns]]:
+    """(start, rows) slices of a frame. Encoding goes chunk by chunk: a float64 [N, F] block and its
+    temporaries would peak at ~4x the float32 output (10 GB at 7M training rows). Columns are one chunk."""
+    if not isinstance(data, pd.DataFrame) or len(data) <= ENCODE_CHUNK_ROWS:
+        yield 0, data
         return
-    for a in range(0, len(df), ENCODE_CHUNK_ROWS):
-        yield a, df.iloc[a:a + ENCODE_CHUNK_ROWS]
+    for a in range(0, len(data), ENCODE_CHUNK_ROWS):
+        yield a, data.iloc[a:a + ENCODE_CHUNK_ROWS]
+
+
+def _block(data: pd.DataFrame | Columns, names: list[str], dtype: type, na: float | int) -> np.ndarray:
+    """``names`` as one [N, len(names)] ``dtype`` array, missing values as ``na``: one block conversion
+    per dtype for a frame (column by column costs ~30 µs per column there), a copy per column otherwise."""
+    if isinstance(data, pd.DataFrame):
+        return data[names].to_numpy(dtype, na_value=na)
+    out: np.ndarray = np.empty((_length(data), len(names)), dtype)
+    for j, c in enumerate(names):
+        out[:, j] = column_values(data[c], dtype, na)
+    return out
 
 
 def _quantile_edges(x: np.ndarray, k: int) -> list[float]:
@@ -126,36 +152,36 @@ class Preprocessor(BaseModel):
                 np.array([c in self.log1p for c in num], dtype=bool),
                 [np.asarray(e, dtype=np.float64) for e in self.buckets.values()])
 
-    def encode_categorical(self, df: pd.DataFrame) -> np.ndarray:
+    def encode_categorical(self, data: pd.DataFrame | Columns) -> np.ndarray:
         """Codes [N, len(cardinalities)]: the categorical columns', then the numeric buckets'."""
         n_cat = len(self.columns.categorical)
-        out = np.zeros((len(df), n_cat + len(self.buckets)), dtype=np.int64)
-        for a, chunk in _row_chunks(df):
-            # one block conversion per chunk; a missing id (nullable Int64) -> a value no vocabulary holds -> OOV
-            x = chunk[self.columns.categorical].to_numpy(np.int64, na_value=-(2**62))
+        out = np.zeros((_length(data), n_cat + len(self.buckets)), dtype=np.int64)
+        for a, chunk in _row_chunks(data):
+            # a missing id (nullable Int64) -> a value no vocabulary holds -> OOV
+            x = _block(chunk, self.columns.categorical, np.int64, -(2**62))
             for j, v in enumerate(self._arrays[0]):
                 if len(v):
                     pos = np.minimum(np.searchsorted(v, x[:, j]), len(v) - 1)
                     out[a:a + len(x), j] = np.where(v[pos] == x[:, j], pos + 1, 0)
             for j, (c, edges) in enumerate(zip(self.buckets, self._arrays[4], strict=True), start=n_cat):
-                x_num = chunk[c].to_numpy(np.float64, na_value=np.nan)
+                x_num = column_values(chunk[c], np.float64, np.nan)
                 code = np.searchsorted(edges, x_num, side="right") + 1
                 out[a:a + len(x_num), j] = np.where(np.isnan(x_num), 0, code)
         return out
 
-    def encode_numeric(self, df: pd.DataFrame) -> np.ndarray:
+    def encode_numeric(self, data: pd.DataFrame | Columns) -> np.ndarray:
         _, mean, std, logged, _ = self._arrays
-        out = np.empty((len(df), len(self.columns.numeric)), dtype=np.float32)
-        for a, chunk in _row_chunks(df):
-            x = chunk[self.columns.numeric].to_numpy(np.float64, na_value=np.nan)
+        out = np.empty((_length(data), len(self.columns.numeric)), dtype=np.float32)
+        for a, chunk in _row_chunks(data):
+            x = _block(chunk, self.columns.numeric, np.float64, np.nan)
             if logged.any():  # clip at 0 first: a negative value never seen on train must not give NaN
                 x[:, logged] = np.log1p(np.maximum(x[:, logged], 0.0))
             out[a:a + len(x)] = np.nan_to_num((x - mean) / std, nan=0.0, posinf=0.0, neginf=0.0)  # NaN -> mean
         return out
 
-    def encode(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """(categorical codes int64 [N, C], standardised numeric float32 [N, F])."""
-        return self.encode_categorical(df), self.encode_numeric(df)
+    def encode(self, data: pd.DataFrame | Columns) -> tuple[np.ndarray, np.ndarray]:
+        """(categorical codes int64 [N, C], standardised numeric float32 [N, F]) of a frame or of Columns."""
+        return self.encode_categorical(data), self.encode_numeric(data)
 
     def save(self, path: str | Path) -> None:
         write_text(path, self.model_dump_json())

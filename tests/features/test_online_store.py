@@ -224,3 +224,39 @@ def test_redis_sh_starts_in_memory_on_a_free_port_and_stops_that_pid(tmp_path, r
     assert not _alive(pid) and not (tmp_path / "redis.pid").exists()
     host, session_port = redis_server.split(":")
     assert redis.Redis(host=host, port=int(session_port)).ping()  # the session's server still runs
+
+
+def test_redis_cells_decode_as_protobuf_reads_them_without_protobuf_for_the_declared_types(monkeypatch):
+    """features.online._decode reads doubles and int64 varints from their bytes; protobuf, the reference,
+    decodes each cell here too. Only the columns holding another type may reach protobuf there."""
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    from features import online
+
+    rng = np.random.default_rng(3)
+    doubles = [0.0, -0.0, 1.5, -2.25, np.inf, -np.inf, np.nan, 1e308, 5e-324, *rng.normal(0, 1e6, 20)]
+    ints = [0, 1, -1, 127, 128, 300, 2**31, 2**63 - 1, -(2**63), *rng.integers(-(2**62), 2**62, 20).tolist()]
+    n = len(doubles)
+
+    def cell(field: str | None, value: object) -> bytes:
+        return Value(**{field: value}).SerializeToString() if field else b""  # b"": no value stored
+
+    columns = {  # dtype, cells
+        "double": ("float64", [cell(None, 0) if i % 5 == 0 else cell("double_val", v) for i, v in enumerate(doubles)]),
+        "int64": ("int64", [cell(None, 0) if i % 7 == 3 else cell("int64_val", v) for i, v in enumerate(ints[:n])]),
+        "empty": ("float64", [b""] * n),
+        "int32 declared int64": ("int64", [cell("int32_val", i - 5) for i in range(n)]),
+        "int64 declared float64": ("float64", [cell("int64_val", i) for i in range(n)]),
+    }
+    dtypes = [d for d, _ in columns.values()]
+    rows = [[cells[r] for _, cells in columns.values()] for r in range(n)]
+    reference = [online._decode_proto(list(cells), d) for d, cells in columns.values()]
+    through_protobuf = []
+    proto = online._decode_proto
+    monkeypatch.setattr(online, "_decode_proto", lambda values, d: through_protobuf.append(d) or proto(values, d))
+    got = online._decode(dtypes, rows)
+    for name, want, have in zip(columns, reference, got, strict=True):
+        assert type(have) is type(want), name
+        assert pd.array(have).equals(pd.array(want)) or np.array_equal(have, want, equal_nan=True), name
+    assert np.signbit(got[0][1]) and got[1][7] == 2**63 - 1 and got[1][8] == -(2**63)
+    assert through_protobuf == ["int64", "float64"]  # the two mismatched columns, and only them
