@@ -89,11 +89,13 @@ def prepare(args: argparse.Namespace, tmp: Path) -> Paths:
     return Paths(root / "data")
 
 
-def store_params(params_path: Path, online: dict[str, Any], out: Path) -> Path:
-    """A copy of ``params_path`` whose ``features.online_store`` is ``online``: the serve subprocess
-    reads its store from params.yaml."""
+def store_params(params_path: Path, online: dict[str, Any], out: Path, item_cache: int | None = None) -> Path:
+    """A copy of ``params_path`` whose ``features.online_store`` is ``online`` (and ``serve.item_cache``
+    ``item_cache``, unless None): the serve subprocess reads its store from params.yaml."""
     raw = yaml.safe_load(params_path.read_text())
     raw["features"]["online_store"] = online
+    if item_cache is not None:
+        raw.setdefault("serve", {})["item_cache"] = item_cache
     out.write_text(yaml.safe_dump(raw, sort_keys=False))
     return out
 
@@ -380,7 +382,7 @@ def bench_store(store: str, paths: Paths, args: argparse.Namespace, tmp: Path) -
         online: dict[str, Any] = {"kind": "sqlite"}
         if store == "redis":
             online = {"kind": "redis", "connection": stack.enter_context(redis_server(tmp / "redis"))}
-        params_file = store_params(args.params, online, tmp / f"params-{store}.yaml")
+        params_file = store_params(args.params, online, tmp / f"params-{store}.yaml", args.item_cache)
         params = load_params(params_file, tuned=False)
         from flows import steps
 
@@ -463,8 +465,9 @@ def machine() -> str:
 
 def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     """The table, the machine's state beside it (a busy machine shows in p99 first) and the targets."""
+    cache = load_params(args.params, tuned=False).serve.item_cache if args.item_cache is None else args.item_cache
     head = (f"{args.seconds:g} s per cell after {args.warmup:g} s warm-up, {args.concurrency} closed-loop "
-            f"client(s), one connection each; after: {machine()}")
+            f"client(s), one connection each; funnelflow serve.item_cache {cache}; after: {machine()}")
     return "\n".join([head, "", markdown_table(rows), "", *targets(rows)])
 
 
@@ -486,6 +489,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--concurrency", type=int, default=1, help="closed-loop clients, one connection each")
     ap.add_argument("--pool", type=int, default=256, help="distinct sampled requests per cell, sent in turn")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--item-cache", type=int, default=None,
+                    help="funnelflow serve's serve.item_cache (default: --params'); 0 reads every item every time")
     args = ap.parse_args(argv)
     if unknown := set(args.stores) - {"sqlite", "redis"}:
         raise SystemExit(f"--stores: {sorted(unknown)} unknown: use sqlite and/or redis")

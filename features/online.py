@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from pandas.api.extensions import ExtensionArray
 
 from features import store
 from features.contract import ContractError, MissingInput, require_input
@@ -73,20 +74,22 @@ class RedisReader:
     decoded at once in numpy (``_decode``). The parity tests hold it to Feast's point-in-time join.
     """
 
-    # KEYS: the user's hash, then the items'; ARGV: the count of user fields, the user's, the items'.
-    # A missing value comes back as an empty string (a ValueProto with no field), not nil, so that this
-    # side can take every cell's length and bytes with C loops (map, join).
+    # KEYS: the load token, the user's hash, then the items'; ARGV: the count of user fields, the user's,
+    # the items'. Returns the token (nil: none), then a row per hash. A missing value comes back as an
+    # empty string (a ValueProto with no field), not nil, so that this side can take every cell's length
+    # and bytes with C loops (map, join).
     SCRIPT = """local nu = tonumber(ARGV[1])
 local function get(i, from, to)
   local values = redis.call('HMGET', KEYS[i], unpack(ARGV, from, to))
   for j = 1, #values do if not values[j] then values[j] = '' end end
   return values
 end
-local out = {get(1, 2, nu + 1)}
-for i = 2, #KEYS do out[i] = get(i, nu + 2, #ARGV) end
+local out = {redis.call('GET', KEYS[1]), get(2, 2, nu + 1)}
+for i = 3, #KEYS do out[i] = get(i, nu + 2, #ARGV) end
 return out"""
 
-    def __init__(self, cfg: RedisOnline, key_of: Mapping[str, str], features: Mapping[str, FeatureMeta]):
+    def __init__(self, cfg: RedisOnline, key_of: Mapping[str, str], features: Mapping[str, FeatureMeta],
+                 item_cache: int):
         import redis
         from feast.infra.online_stores.helpers import _mmh3
 
@@ -97,6 +100,7 @@ return out"""
         self.dtypes = {c: m.dtype for c, m in features.items()}
         fields = {k: [_mmh3(c.replace("__", ":", 1)) for c in cols] for k, cols in self.columns.items()}
         self.args = [len(fields[USER_KEY]), *fields[USER_KEY], *fields[ITEM_KEY]]
+        self.items = ItemRows(item_cache)
 
     @staticmethod
     @lru_cache(maxsize=1 << 20)
@@ -109,19 +113,89 @@ return out"""
         entity = EntityKey(join_keys=[join_key], entity_values=[Value(int64_val=value)])
         return _redis_key(store.PROJECT, entity, store.ENTITY_KEY_VERSION)
 
+    def _read(self, user_id: int, items: list[int]) -> tuple[bytes | None, list[bytes], list[list[bytes]]]:
+        """(the store's load token, the user's row, the items' rows) in one round trip."""
+        keys: list[str | bytes] = [store.LOAD_TOKEN, self.key(USER_KEY, user_id),
+                                   *(self.key(ITEM_KEY, i) for i in items)]
+        token, user, *rows = self.script(keys=keys, args=self.args)
+        return token, user, rows
+
     def fetch(self, user_id: int, items: Sequence[int]) -> dict[str, Any]:
         """Like ``OnlineFeatures.fetch``: int64 columns as nullable Int64, float64 ones with NaN where
-        the store holds no value. Each distinct item is read once."""
+        the store holds no value. Each distinct item is read once, and not at all while ``items`` holds
+        its row for the store's current load."""
         uniq, inverse = np.unique(np.asarray(items, np.int64), return_inverse=True)
-        keys = [self.key(USER_KEY, int(user_id)), *(self.key(ITEM_KEY, i) for i in uniq.tolist())]
-        reply = self.script(keys=keys, args=self.args)
+        ids = uniq.tolist()
+        cached = [self.items.get(i) for i in ids]
+        missed = [i for i, row in zip(ids, cached, strict=True) if row is None]
+        token, user, read = self._read(int(user_id), missed)
+        if token != self.items.token:  # a load since the rows were cached, or none to trust: read them all
+            self.items.reset(token)
+            if len(missed) < len(ids):
+                cached, missed = [None] * len(ids), ids
+                token, user, read = self._read(int(user_id), ids)
+                self.items.reset(token)
+        fresh = [Cells.of([row]) for row in read]
+        self.items.put(missed, fresh)
+        unread = iter(fresh)
+        item_cells = Cells.join([c if c is not None else next(unread) for c in cached])
         out: dict[str, Any] = {}
-        for entity, rows, take in ((USER_KEY, reply[:1], np.zeros(len(items), np.intp)),
-                                   (ITEM_KEY, reply[1:], inverse)):
+        for entity, cells, take in ((USER_KEY, Cells.of([user]), np.zeros(len(items), np.intp)),
+                                    (ITEM_KEY, item_cells, inverse)):
             cols = self.columns[entity]
-            for col, values in zip(cols, _decode([self.dtypes[c] for c in cols], rows), strict=True):
+            for col, values in zip(cols, _decode([self.dtypes[c] for c in cols], cells), strict=True):
                 out[col] = values[take]
         return {c: out[c] for c in self.dtypes}  # the fill policy's order, as Feast's answer has it
+
+
+@dataclass(frozen=True)
+class Cells:
+    """Rows of serialized ValueProtos as ``_decode`` takes them: each cell's size in bytes (0: no value)
+    and the cells' bytes concatenated, row by row."""
+
+    sizes: np.ndarray
+    data: bytes
+
+    @classmethod
+    def of(cls, rows: Sequence[Sequence[bytes]]) -> Cells:
+        """The cells of rows as Redis answered them (lengths and bytes taken by C loops)."""
+        cells = list(chain.from_iterable(rows))
+        return cls(np.fromiter(map(len, cells), np.int64, len(cells)), b"".join(cells))
+
+    @classmethod
+    def join(cls, parts: Sequence[Cells]) -> Cells:
+        """The rows of ``parts``, in order."""
+        return cls(np.concatenate([p.sizes for p in parts]), b"".join(p.data for p in parts))
+
+
+class ItemRows:
+    """Items' rows as the store answered them (their Cells), by item id, for one load of the store.
+
+    A catalogue's items recur in every user's candidates, while the store changes only when it is
+    loaded: at a hundred candidates, reading them again was half of a request. The store's load token
+    (features/store.py: removed while a load runs, a new one after it) is read with every request; a
+    new token empties the rows, and without one nothing is kept. Past ``capacity`` items no more are
+    kept until the next load. Rows written to the store by anything but ``features materialize`` (a
+    bare ``feast materialize``) leave the token as it was: they are not seen until the next load.
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.token: bytes | None = None
+        self.rows: dict[int, Cells] = {}
+
+    def get(self, item: int) -> Cells | None:
+        """The item's row if kept."""
+        return self.rows.get(item)
+
+    def reset(self, token: bytes | None) -> None:
+        """Keep rows of the load ``token`` from now on (None: keep none); the old ones are dropped."""
+        self.token, self.rows = token, {}
+
+    def put(self, items: list[int], rows: list[Cells]) -> None:
+        """Keep these rows of the current load, while there is room."""
+        if self.token is not None and len(self.rows) + len(items) <= self.capacity:
+            self.rows.update(zip(items, rows, strict=True))
 
 
 # A ValueProto's first byte (field number << 3 | wire type), for the two types the feature views declare:
@@ -131,16 +205,14 @@ _VARINT = np.arange(10)  # a varint's byte positions; 7 bits each, least signifi
 _SHIFTS = (7 * _VARINT).astype(np.uint64)
 
 
-def _decode(dtypes: Sequence[Dtype], rows: Sequence[Sequence[bytes]]) -> list[Any]:
-    """Serialized ValueProtos, a row per entity and a cell per ``dtypes`` column (empty: no value), as
+def _decode(dtypes: Sequence[Dtype], cells: Cells) -> list[Any]:
+    """Serialized ValueProtos, a row per entity and a cell per ``dtypes`` column (size 0: no value), as
     one array per column: float64 with NaN, or nullable Int64.
 
     Decoded from the bytes in numpy, every cell at once: protobuf costs ~40 µs of Python per column at
     a hundred rows, and a request reads ~50 columns. A column holding anything but its declared type's
     encoding goes through protobuf."""
-    cells = list(chain.from_iterable(rows))
-    size = np.fromiter(map(len, cells), np.int64, len(cells))
-    buf = np.frombuffer(b"".join(cells), np.uint8)
+    size, buf = cells.sizes, np.frombuffer(cells.data, np.uint8)
     start = np.cumsum(size) - size
     tag = np.zeros(len(size), np.uint8)
     tag[size > 0] = buf[start[size > 0]]
@@ -159,7 +231,8 @@ def _decode(dtypes: Sequence[Dtype], rows: Sequence[Sequence[bytes]]) -> list[An
     out: list[Any] = []
     for j, dtype in enumerate(dtypes):
         if not decodes[dtype][j]:
-            out.append(_decode_proto([row[j] for row in rows], dtype))
+            at = zip(start.reshape(shape)[:, j].tolist(), size.reshape(shape)[:, j].tolist(), strict=True)
+            out.append(_decode_proto([cells.data[a:a + z] for a, z in at], dtype))
         elif dtype == "float64":
             out.append(double_cells[:, j].copy())
         else:
@@ -211,11 +284,12 @@ class OnlineRows:
 
 class OnlineFeatures:
     """The online store of ``feast`` serving ``feature_service``, opened once, and the fill policy of
-    its feature tables (re-read by ``refresh`` when the tables are rebuilt)."""
+    its feature tables (re-read by ``refresh`` when the tables are rebuilt). On Redis, up to
+    ``item_cache`` items' rows are kept between requests (``ItemRows``)."""
 
-    def __init__(self, feast: FeastPaths, feature_service: str):
+    def __init__(self, feast: FeastPaths, feature_service: str, item_cache: int = 0):
         require_input(feast.registry, "features apply")
-        self.feast = feast
+        self.feast, self.item_cache = feast, item_cache
         self.store: FeatureStore = store.open_store(feast)
         self.service = self.store.get_feature_service(feature_service)
         self._tables_stamp = self._stamp()
@@ -230,7 +304,9 @@ class OnlineFeatures:
 
     def _redis_reader(self) -> RedisReader | None:
         online = self.feast.online
-        return RedisReader(online, self.key_of, self.policy.features) if isinstance(online, RedisOnline) else None
+        if not isinstance(online, RedisOnline):
+            return None
+        return RedisReader(online, self.key_of, self.policy.features, self.item_cache)
 
     def _stamp(self) -> int:
         return (self.feast.tables / TABLES_META).stat().st_mtime_ns
@@ -300,6 +376,6 @@ class OnlineFeatures:
         t2 = time.perf_counter()
         known = {USER_KEY: np.zeros(len(items), bool), ITEM_KEY: np.zeros(len(items), bool)}
         for col, values in feats.items():
-            known[self.key_of[col]] |= ~pd.isna(values)
+            known[self.key_of[col]] |= ~(values.isna() if isinstance(values, ExtensionArray) else np.isnan(values))
         return OnlineRows(columns, unknown_user=not known[USER_KEY].any(), unknown_items=~known[ITEM_KEY],
                           seconds={"fetch": t1 - t0, "fill": t2 - t1})

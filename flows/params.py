@@ -151,13 +151,15 @@ class TuneConfig(Strict):
 
 
 class ServeConfig(Strict):
-    """`funnelflow serve`: where it listens, how many candidates one request may score, and how often
-    it looks for a new champion (flows/serve.py)."""
+    """`funnelflow serve`: where it listens, how many candidates one request may score, how often it
+    looks for a new champion, and how many items' rows it keeps (flows/serve.py)."""
 
     host: str = Field("127.0.0.1", min_length=1)  # loopback: put a proxy in front to expose it
     port: int = Field(8000, ge=1, le=65535)
     max_candidates: int = Field(1000, ge=1)  # more items in one request: 413
     reload_seconds: float = Field(5.0, gt=0)  # the champion pointer's poll interval
+    # Item rows kept between requests, per load of a Redis online store (features/online.py ItemRows); 0: none.
+    item_cache: int = Field(200_000, ge=0)
 
 
 class Params(Strict):

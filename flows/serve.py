@@ -181,7 +181,7 @@ class Service:
 
     def _open_store(self) -> None:
         try:
-            online = OnlineFeatures(self.feast, self.params.features.feature_service)
+            online = OnlineFeatures(self.feast, self.params.features.feature_service, self.cfg.item_cache)
             online.fetch(0, [0])  # the first call reads Feast's registry and connects (~0.2 s): not in a request
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"

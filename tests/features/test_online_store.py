@@ -254,9 +254,49 @@ def test_redis_cells_decode_as_protobuf_reads_them_without_protobuf_for_the_decl
     through_protobuf = []
     proto = online._decode_proto
     monkeypatch.setattr(online, "_decode_proto", lambda values, d: through_protobuf.append(d) or proto(values, d))
-    got = online._decode(dtypes, rows)
+    got = online._decode(dtypes, online.Cells.of(rows))
     for name, want, have in zip(columns, reference, got, strict=True):
         assert type(have) is type(want), name
         assert pd.array(have).equals(pd.array(want)) or np.array_equal(have, want, equal_nan=True), name
     assert np.signbit(got[0][1]) and got[1][7] == 2**63 - 1 and got[1][8] == -(2**63)
     assert through_protobuf == ["int64", "float64"]  # the two mismatched columns, and only them
+
+
+@pytest.mark.e2e
+def test_kept_item_rows_serve_the_current_load_only(tmp_path, source, redis_db, params):
+    """features.online.ItemRows: the items' rows kept between requests are read again after a load (a
+    new token), none are kept while the store has no token, and what is served always equals a read
+    without them."""
+    from features.online import ITEM_KEY, OnlineFeatures
+
+    data = _data_dir(tmp_path, source, params, DAYS - 1, redis_db)
+    store.materialize(data.paths)
+    service = params.features.feature_service
+    kept, fresh = OnlineFeatures(data.paths, service, item_cache=10_000), OnlineFeatures(data.paths, service)
+    imps = pd.read_parquet(next((tmp_path / "raw").glob("dt=*/impressions.parquet")))
+    user, items = int(imps["user_id"].iloc[0]), [int(i) for i in imps["item_id"].unique()[:30]] + [10**9]
+    reads: list[list[int]] = []
+    read = kept.redis._read
+    kept.redis._read = lambda u, i: reads.append(i) or read(u, i)
+
+    def same(a, b):
+        for col in a:
+            pd.testing.assert_extension_array_equal(pd.array(a[col]), pd.array(b[col]))
+
+    before = kept.fetch(user, items)
+    same(before, fresh.fetch(user, items))
+    assert kept.fetch(user, items[:10]) and reads[-1] == []  # all kept: only the user and the token read
+    item_cols = [c for c in before if kept.redis.columns[ITEM_KEY].count(c)]
+
+    _land(source, tmp_path / "landing", DAYS)  # a new day: the items' aggregates move
+    ingest(tmp_path / "landing", tmp_path / "raw", params.task_graph, tmp_path / "quarantine")
+    build_feature_tables(tmp_path / "raw", data.paths.tables, params.task_graph, params.features, VIEWS)
+    store.materialize(data.paths)
+    after = kept.fetch(user, items)
+    same(after, fresh.fetch(user, items))
+    assert any(not pd.array(before[c]).equals(pd.array(after[c])) for c in item_cols), "no item feature moved"
+    assert sorted(reads[-1]) == sorted(set(items))  # read again whole: the kept rows were of the old load
+
+    redis.Redis(host=redis_db.host, port=redis_db.port, db=redis_db.db).delete(store.LOAD_TOKEN)  # a load running
+    same(kept.fetch(user, items), fresh.fetch(user, items))
+    assert kept.redis.items.rows == {} and kept.fetch(user, items[:5]) and len(reads[-1]) == 5
