@@ -100,7 +100,8 @@ return out"""
         self.dtypes = {c: m.dtype for c, m in features.items()}
         fields = {k: [_mmh3(c.replace("__", ":", 1)) for c in cols] for k, cols in self.columns.items()}
         self.args = [len(fields[USER_KEY]), *fields[USER_KEY], *fields[ITEM_KEY]]
-        self.items = ItemRows(item_cache)
+        self.user_dtypes, self.item_dtypes = ([self.dtypes[c] for c in self.columns[k]] for k in (USER_KEY, ITEM_KEY))
+        self.items = ItemRows(item_cache, len(self.item_dtypes))
 
     @staticmethod
     @lru_cache(maxsize=1 << 20)
@@ -126,25 +127,23 @@ return out"""
         its row for the store's current load."""
         uniq, inverse = np.unique(np.asarray(items, np.int64), return_inverse=True)
         ids = uniq.tolist()
-        cached = [self.items.get(i) for i in ids]
-        missed = [i for i, row in zip(ids, cached, strict=True) if row is None]
+        rows = self.items.find(ids)
+        missed = [i for i, row in zip(ids, rows.tolist(), strict=True) if row < 0]
         token, user, read = self._read(int(user_id), missed)
-        if token != self.items.token:  # a load since the rows were cached, or none to trust: read them all
+        if token != self.items.token:  # a load since the rows were kept, or none to trust: read them all
             self.items.reset(token)
             if len(missed) < len(ids):
-                cached, missed = [None] * len(ids), ids
+                rows, missed = np.full(len(ids), -1, np.intp), ids
                 token, user, read = self._read(int(user_id), ids)
                 self.items.reset(token)
-        fresh = [Cells.of([row]) for row in read]
-        self.items.put(missed, fresh)
-        unread = iter(fresh)
-        item_cells = Cells.join([c if c is not None else next(unread) for c in cached])
-        out: dict[str, Any] = {}
-        for entity, cells, take in ((USER_KEY, Cells.of([user]), np.zeros(len(items), np.intp)),
-                                    (ITEM_KEY, item_cells, inverse)):
-            cols = self.columns[entity]
-            for col, values in zip(cols, _decode([self.dtypes[c] for c in cols], cells), strict=True):
-                out[col] = values[take]
+        new = _decode(self.item_dtypes, Cells.of(read))
+        kept = self.items.put(missed, new)
+        if kept is not None:
+            rows[rows < 0] = kept
+        item_rows = self.items.gather(rows, new).take(inverse)
+        user_rows = _decode(self.user_dtypes, Cells.of([user])).take(np.zeros(len(items), np.intp))
+        out = {**dict(zip(self.columns[USER_KEY], user_rows.columns(self.user_dtypes), strict=True)),
+               **dict(zip(self.columns[ITEM_KEY], item_rows.columns(self.item_dtypes), strict=True))}
         return {c: out[c] for c in self.dtypes}  # the fill policy's order, as Feast's answer has it
 
 
@@ -162,40 +161,77 @@ class Cells:
         cells = list(chain.from_iterable(rows))
         return cls(np.fromiter(map(len, cells), np.int64, len(cells)), b"".join(cells))
 
-    @classmethod
-    def join(cls, parts: Sequence[Cells]) -> Cells:
-        """The rows of ``parts``, in order."""
-        return cls(np.concatenate([p.sizes for p in parts]), b"".join(p.data for p in parts))
+
+@dataclass(frozen=True)
+class Block:
+    """Decoded cells, rows x columns: ``bits`` holds an int64 column's values and a float64 column's bit
+    patterns (NaN where no value), so that one array takes any row selection; ``missing``: no value."""
+
+    bits: np.ndarray
+    missing: np.ndarray
+
+    def take(self, rows: np.ndarray) -> Block:
+        """These rows, in this order."""
+        return Block(self.bits[rows], self.missing[rows])
+
+    def columns(self, dtypes: Sequence[Dtype]) -> list[Any]:
+        """One array per column: float64 with NaN, or nullable Int64."""
+        bits, missing = self.bits.T.copy(), self.missing.T.copy()  # one copy: each column contiguous
+        return [bits[j].view(np.float64) if d == "float64" else pd.arrays.IntegerArray(bits[j], missing[j])
+                for j, d in enumerate(dtypes)]
 
 
 class ItemRows:
-    """Items' rows as the store answered them (their Cells), by item id, for one load of the store.
+    """Items' decoded rows, by item id, for one load of the store.
 
     A catalogue's items recur in every user's candidates, while the store changes only when it is
-    loaded: at a hundred candidates, reading them again was half of a request. The store's load token
-    (features/store.py: removed while a load runs, a new one after it) is read with every request; a
-    new token empties the rows, and without one nothing is kept. Past ``capacity`` items no more are
-    kept until the next load. Rows written to the store by anything but ``features materialize`` (a
-    bare ``feast materialize``) leave the token as it was: they are not seen until the next load.
+    loaded: at a hundred candidates, reading and decoding them again was half of a request. The store's
+    load token (features/store.py: removed while a load runs, a new one after it) is read with every
+    request; a new token empties the rows, and without one nothing is kept. Past ``capacity`` items
+    no more are kept until the next load. Rows written to the store by anything but ``features
+    materialize`` (a bare ``feast materialize``) leave the token as it was: they are not seen until the
+    next load.
     """
 
-    def __init__(self, capacity: int):
-        self.capacity = capacity
+    def __init__(self, capacity: int, width: int):
+        self.capacity, self.width = capacity, width
         self.token: bytes | None = None
-        self.rows: dict[int, Cells] = {}
+        self.row: dict[int, int] = {}
+        self.block = Block(np.empty((0, width), np.int64), np.empty((0, width), bool))  # grown by doubling
 
-    def get(self, item: int) -> Cells | None:
-        """The item's row if kept."""
-        return self.rows.get(item)
+    def find(self, items: list[int]) -> np.ndarray:
+        """Each item's row in ``block``; -1: not kept."""
+        get = self.row.get
+        return np.fromiter((get(i, -1) for i in items), np.intp, len(items))
 
     def reset(self, token: bytes | None) -> None:
         """Keep rows of the load ``token`` from now on (None: keep none); the old ones are dropped."""
-        self.token, self.rows = token, {}
+        self.token, self.row = token, {}
 
-    def put(self, items: list[int], rows: list[Cells]) -> None:
-        """Keep these rows of the current load, while there is room."""
-        if self.token is not None and len(self.rows) + len(items) <= self.capacity:
-            self.rows.update(zip(items, rows, strict=True))
+    def put(self, items: list[int], rows: Block) -> np.ndarray | None:
+        """Keep these items' ``rows`` of the current load; their row numbers, or None if not kept (no
+        token, or no room)."""
+        start, end = len(self.row), len(self.row) + len(items)
+        if self.token is None or end > self.capacity:
+            return None
+        if end > len(self.block.bits):
+            size = min(self.capacity, max(end, 2 * len(self.block.bits), 1024))
+            grown = Block(np.empty((size, self.width), np.int64), np.empty((size, self.width), bool))
+            grown.bits[:start], grown.missing[:start] = self.block.bits[:start], self.block.missing[:start]
+            self.block = grown
+        self.block.bits[start:end], self.block.missing[start:end] = rows.bits, rows.missing
+        self.row.update(zip(items, range(start, end), strict=True))
+        return np.arange(start, end)
+
+    def gather(self, rows: np.ndarray, new: Block) -> Block:
+        """The kept rows ``rows`` (>= 0) and, where -1, the rows of ``new`` in order."""
+        hit = rows >= 0
+        if hit.all():
+            return self.block.take(rows)
+        out = Block(np.empty((len(rows), self.width), np.int64), np.empty((len(rows), self.width), bool))
+        out.bits[hit], out.missing[hit] = self.block.bits[rows[hit]], self.block.missing[rows[hit]]
+        out.bits[~hit], out.missing[~hit] = new.bits, new.missing
+        return out
 
 
 # A ValueProto's first byte (field number << 3 | wire type), for the two types the feature views declare:
@@ -205,12 +241,12 @@ _VARINT = np.arange(10)  # a varint's byte positions; 7 bits each, least signifi
 _SHIFTS = (7 * _VARINT).astype(np.uint64)
 
 
-def _decode(dtypes: Sequence[Dtype], cells: Cells) -> list[Any]:
-    """Serialized ValueProtos, a row per entity and a cell per ``dtypes`` column (size 0: no value), as
-    one array per column: float64 with NaN, or nullable Int64.
+def _decode(dtypes: Sequence[Dtype], cells: Cells) -> Block:
+    """Serialized ValueProtos, a row per entity and a cell per ``dtypes`` column (size 0: no value),
+    decoded.
 
-    Decoded from the bytes in numpy, every cell at once: protobuf costs ~40 µs of Python per column at
-    a hundred rows, and a request reads ~50 columns. A column holding anything but its declared type's
+    From the bytes in numpy, every cell at once: protobuf costs ~40 µs of Python per column at a
+    hundred rows, and a request reads ~50 columns. A column holding anything but its declared type's
     encoding goes through protobuf."""
     size, buf = cells.sizes, np.frombuffer(cells.data, np.uint8)
     start = np.cumsum(size) - size
@@ -224,20 +260,18 @@ def _decode(dtypes: Sequence[Dtype], cells: Cells) -> list[Any]:
     byte = np.where(_VARINT < size[is_int, None] - 1, buf[at], 0).astype(np.uint64)
     ints[is_int] = ((byte & 0x7F) << _SHIFTS).sum(axis=1, dtype=np.uint64)  # two's complement: view as int64
     shape = (-1, len(dtypes))  # rows x columns
-    missing = (size == 0).reshape(shape)
-    decodes = {"float64": (is_double.reshape(shape) | missing).all(axis=0),
-               "int64": (is_int.reshape(shape) | missing).all(axis=0)}
-    double_cells, int_cells = doubles.reshape(shape), ints.view(np.int64).reshape(shape)
-    out: list[Any] = []
-    for j, dtype in enumerate(dtypes):
-        if not decodes[dtype][j]:
-            at = zip(start.reshape(shape)[:, j].tolist(), size.reshape(shape)[:, j].tolist(), strict=True)
-            out.append(_decode_proto([cells.data[a:a + z] for a, z in at], dtype))
-        elif dtype == "float64":
-            out.append(double_cells[:, j].copy())
+    floats = np.array([d == "float64" for d in dtypes])
+    block = Block(np.where(floats, doubles.view(np.int64).reshape(shape), ints.view(np.int64).reshape(shape)),
+                  (size == 0).reshape(shape))
+    fits = np.where(floats, is_double.reshape(shape), is_int.reshape(shape)) | block.missing
+    for j in np.flatnonzero(~fits.all(axis=0)).tolist():
+        at = zip(start.reshape(shape)[:, j].tolist(), size.reshape(shape)[:, j].tolist(), strict=True)
+        values = _decode_proto([cells.data[a:a + z] for a, z in at], dtypes[j])
+        if floats[j]:
+            block.bits[:, j] = values.view(np.int64)
         else:
-            out.append(pd.arrays.IntegerArray(np.ascontiguousarray(int_cells[:, j]), missing[:, j].copy()))
-    return out
+            block.bits[:, j], block.missing[:, j] = values.to_numpy(np.int64, na_value=0), values.isna()
+    return block
 
 
 def _decode_proto(values: list[bytes], dtype: Dtype) -> Any:

@@ -254,7 +254,7 @@ def test_redis_cells_decode_as_protobuf_reads_them_without_protobuf_for_the_decl
     through_protobuf = []
     proto = online._decode_proto
     monkeypatch.setattr(online, "_decode_proto", lambda values, d: through_protobuf.append(d) or proto(values, d))
-    got = online._decode(dtypes, online.Cells.of(rows))
+    got = online._decode(dtypes, online.Cells.of(rows)).columns(dtypes)
     for name, want, have in zip(columns, reference, got, strict=True):
         assert type(have) is type(want), name
         assert pd.array(have).equals(pd.array(want)) or np.array_equal(have, want, equal_nan=True), name
@@ -299,4 +299,4 @@ def test_kept_item_rows_serve_the_current_load_only(tmp_path, source, redis_db, 
 
     redis.Redis(host=redis_db.host, port=redis_db.port, db=redis_db.db).delete(store.LOAD_TOKEN)  # a load running
     same(kept.fetch(user, items), fresh.fetch(user, items))
-    assert kept.redis.items.rows == {} and kept.fetch(user, items[:5]) and len(reads[-1]) == 5
+    assert kept.redis.items.row == {} and kept.fetch(user, items[:5]) and len(reads[-1]) == 5
