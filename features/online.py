@@ -1,12 +1,14 @@
 """Feature rows for live requests: Feast's online store, filled by the training set's own code.
 
 A request is one user, its candidate items and the request's context at one instant. Its feature
-rows come from ONE ``get_online_features`` call (entity rows user x items, full feature names, so the
-columns are the training set's ``<view>__<feature>``); beside the request's keys and context columns,
-``training_set.FillPolicy`` fills missing history exactly as it does for the training set (unknown ids
--1, counts 0, rates the prior in force at the request time). The frame has the training set's columns
-and dtypes, which the champion's Preprocessor encodes as it encoded training rows: an id it never saw,
-or a -1, takes the OOV slot.
+rows come from ONE online call: Feast's ``get_online_features`` on SQLite (entity rows user x items,
+full feature names, so the columns are the training set's ``<view>__<feature>``), or on Redis one
+Lua-script round trip over Feast's own layout (``RedisReader``), with the items' rows kept per load of
+the store (``ItemRows``). Beside the request's keys and context columns, ``training_set.FillPolicy``
+fills missing history exactly as it does for the training set (unknown ids -1, counts 0, rates the
+prior in force at the request time). The columns have the training set's names and dtypes, and stay
+numpy arrays (no frame: at a hundred rows pandas cost more than the model); the champion's
+Preprocessor encodes them as it encoded training rows: an id it never saw, or a -1, takes the OOV slot.
 
 An entity (the user, an item) with no online value in any of its views is flagged unknown: it is
 scored through those fills and the OOV slot.
