@@ -267,8 +267,8 @@ def _decode(dtypes: Sequence[Dtype], cells: Cells) -> Block:
                   (size == 0).reshape(shape))
     fits = np.where(floats, is_double.reshape(shape), is_int.reshape(shape)) | block.missing
     for j in np.flatnonzero(~fits.all(axis=0)).tolist():
-        at = zip(start.reshape(shape)[:, j].tolist(), size.reshape(shape)[:, j].tolist(), strict=True)
-        values = _decode_proto([cells.data[a:a + z] for a, z in at], dtypes[j])
+        spans = zip(start.reshape(shape)[:, j].tolist(), size.reshape(shape)[:, j].tolist(), strict=True)
+        values = _decode_proto([cells.data[a:a + z] for a, z in spans], dtypes[j])
         if floats[j]:
             block.bits[:, j] = values.view(np.int64)
         else:
@@ -348,9 +348,11 @@ class OnlineFeatures:
         return (self.feast.tables / TABLES_META).stat().st_mtime_ns
 
     def refresh(self) -> None:
-        """Re-read Feast's registry now (not inside a request when its cache expires) and the fill
-        policy if the feature tables were rebuilt (new priors)."""
-        self.store.refresh_registry()
+        """Re-read Feast's registry now, not inside a request when its cache expires (SQLite: Feast
+        reads it per request; Redis: the reader never does, and a re-read holds the GIL ~6 ms), and the
+        fill policy if the feature tables were rebuilt (new priors)."""
+        if self.redis is None:
+            self.store.refresh_registry()
         stamp = self._stamp()
         if stamp != self._tables_stamp:
             self.policy, self._tables_stamp = FillPolicy(self.feast.tables), stamp
