@@ -225,6 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     """Simulate, print the table and draw the plot."""
     args = parse_args(argv)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="funnelflow-days-"))
+    work.mkdir(parents=True, exist_ok=True)
     days = simulate(args, work)
     (work / "days.json").write_text(json.dumps([asdict(d) for d in days], indent=1))
     print(pd.DataFrame([asdict(d) for d in days]).to_markdown(index=False, floatfmt=".4f"))
