@@ -34,7 +34,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -54,10 +53,11 @@ import psutil
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.serving import build_fresh, reuse_fresh
+from benchmarks.serving import build_fresh, latency_summary, reuse_fresh
 from features.online import context_columns
 from flows.params import Params, Paths, load_params
 from flows.registry import Registry
+from infra.local_prefect import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 FEATURE_REPO = REPO / "features" / "feature_repo"
@@ -115,13 +115,6 @@ def feast_repo(params: Params, out: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- processes
-def free_port() -> int:
-    """A TCP port free on loopback now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Server:
     """A server subprocess on loopback: started, waited for, stopped by its PID (and its children's)."""
@@ -369,10 +362,10 @@ def measure(server: Server, path: str, bodies: list[bytes], args: argparse.Names
     before = stage_sums(server.url) if ours else {}
     load = drive(url, bodies, args.seconds, args.concurrency, first=len(bodies) // 2)
     stage = shares(before, stage_sums(server.url)) if ours else {}
-    ms = np.asarray(load.seconds) * 1e3
-    return {"server": server.name, "requests": int(ms.size), "errors": load.errors,
-            "p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)), "mean": float(ms.mean()),
-            "rps": ms.size / load.wall, "shares": stage}
+    us = latency_summary(load.seconds)
+    return {"server": server.name, "requests": us["n"], "errors": load.errors,
+            **{k: us[k] / 1e3 for k in ("p50", "p99", "mean")},  # ms
+            "rps": us["n"] / load.wall, "shares": stage}
 
 
 # ----------------------------------------------------------------------------- one store

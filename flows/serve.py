@@ -27,7 +27,7 @@ import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import numpy as np
@@ -40,7 +40,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, create_model
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from features.contract import require_input
+from features.contract import EARLIEST, FUTURE_SLACK, require_input
 from features.engineering import Dtype
 from features.online import OnlineFeatures, context_columns
 from features.store import FeastPaths
@@ -51,13 +51,12 @@ from models.networks import prediction_columns
 
 log = logging.getLogger("funnelflow.serve")
 Int64 = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]  # the contract's ids and categorical values
-EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)  # the contract's timestamp range: 2000-01-01 to tomorrow
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 def _in_contract_range(at: datetime) -> datetime:
-    if not EARLIEST <= at <= datetime.now(UTC) + timedelta(days=1):
-        raise ValueError("must be between 2000-01-01 and tomorrow (UTC), as the contract's timestamps are")
+    if not EARLIEST <= at <= pd.Timestamp.now(tz="UTC") + FUTURE_SLACK:
+        raise ValueError(f"must be between {EARLIEST:%Y-%m-%d} and tomorrow (UTC), as the contract's timestamps are")
     return at
 
 
@@ -152,6 +151,7 @@ class Service:
 
     def __init__(self, params: Params, paths: Paths):
         self.params, self.cfg = params, params.serve
+        # The online store only: serving never runs the offline engine (Spark's would load pyspark here).
         self.feast = FeastPaths(paths.feast, paths.features, params.features.online_store)
         self.registry = Registry(paths.registry)
         manifest = json.loads(require_input(paths.training_set / "manifest.json", "training-set").read_text())

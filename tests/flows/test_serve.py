@@ -6,7 +6,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -35,6 +34,7 @@ from flows import steps
 from flows.params import Paths
 from flows.registry import Registry
 from flows.serve import create_app
+from infra.local_prefect import free_port
 from models.digest import sha256_file
 from models.export import OnnxScorer
 from models.networks import parse_model_config
@@ -362,14 +362,8 @@ def test_metrics_and_one_json_log_line_per_request(client, caplog):
     assert 'status="200"' not in text.split("funnelflow_serve_errors_total")[-1].split("# HELP")[0]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_the_cli_serves_over_http_until_stopped_by_pid(served):
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "--data-dir", str(served.root), "serve",
                              "--port", str(port)], cwd=REPO, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
