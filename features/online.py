@@ -1,14 +1,17 @@
-"""Feature rows for live requests: Feast's online store, filled by the training set's own code.
+"""Model inputs for live requests: Feast's online store, filled by the training set's own code.
 
 A request is one user, its candidate items and the request's context at one instant. Its feature
 rows come from ONE online call: Feast's ``get_online_features`` on SQLite (entity rows user x items,
 full feature names, so the columns are the training set's ``<view>__<feature>``), or on Redis one
-Lua-script round trip over Feast's own layout (``RedisReader``), with the items' rows kept per load of
-the store (``ItemRows``). Beside the request's keys and context columns, ``training_set.FillPolicy``
-fills missing history exactly as it does for the training set (unknown ids -1, counts 0, rates the
-prior in force at the request time). The columns have the training set's names and dtypes, and stay
-numpy arrays (no frame: at a hundred rows pandas cost more than the model); the champion's
-Preprocessor encodes them as it encoded training rows: an id it never saw, or a -1, takes the OOV slot.
+Lua-script round trip over Feast's own layout (``RedisReader``). Beside the request's keys and context
+columns, ``training_set.FillPolicy`` fills missing history exactly as it does for the training set
+(unknown ids -1, counts 0, rates the prior in force at the request time); the champion's Preprocessor
+encodes the rows as it encoded training rows (an id it never saw, or a -1, takes the OOV slot).
+
+Both go column by column, so they run per entity (``RequestInputs``): on the user's one row (with the
+context) and on each distinct item's, whose encoded rows are kept between requests while the store's
+load, the fills and the champion hold. The columns stay numpy arrays: at a hundred rows, pandas frames
+cost more than the model.
 
 An entity (the user, an item) with no online value in any of its views is flagged unknown: it is
 scored through those fills and the OOV slot.
@@ -32,6 +35,7 @@ from features.contract import ContractError, MissingInput, require_input
 from features.engineering import TABLES_META, Dtype, RedisOnline
 from features.store import FeastPaths
 from features.training_set import FeatureMeta, FillPolicy
+from models.preprocess import Preprocessor
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -90,8 +94,7 @@ local out = {redis.call('GET', KEYS[1]), get(2, 2, nu + 1)}
 for i = 3, #KEYS do out[i] = get(i, nu + 2, #ARGV) end
 return out"""
 
-    def __init__(self, cfg: RedisOnline, key_of: Mapping[str, str], features: Mapping[str, FeatureMeta],
-                 item_cache: int):
+    def __init__(self, cfg: RedisOnline, key_of: Mapping[str, str], features: Mapping[str, FeatureMeta]):
         import redis
         from feast.infra.online_stores.helpers import _mmh3
 
@@ -103,7 +106,6 @@ return out"""
         fields = {k: [_mmh3(c.replace("__", ":", 1)) for c in cols] for k, cols in self.columns.items()}
         self.args = [len(fields[USER_KEY]), *fields[USER_KEY], *fields[ITEM_KEY]]
         self.user_dtypes, self.item_dtypes = ([self.dtypes[c] for c in self.columns[k]] for k in (USER_KEY, ITEM_KEY))
-        self.items = ItemRows(item_cache, len(self.item_dtypes))
 
     @staticmethod
     @lru_cache(maxsize=1 << 20)
@@ -123,30 +125,25 @@ return out"""
         token, user, *rows = self.script(keys=keys, args=self.args)
         return token, user, rows
 
-    def fetch(self, user_id: int, items: Sequence[int]) -> dict[str, Any]:
-        """Like ``OnlineFeatures.fetch``: int64 columns as nullable Int64, float64 ones with NaN where
-        the store holds no value. Each distinct item is read once, and not at all while ``items`` holds
-        its row for the store's current load."""
-        uniq, inverse = np.unique(np.asarray(items, np.int64), return_inverse=True)
-        ids = uniq.tolist()
-        rows = self.items.find(ids)
-        missed = [i for i, row in zip(ids, rows.tolist(), strict=True) if row < 0]
-        token, user, read = self._read(int(user_id), missed)
-        if token != self.items.token:  # a load since the rows were kept, or none to trust: read them all
-            self.items.reset(token)
-            if len(missed) < len(ids):
-                rows, missed = np.full(len(ids), -1, np.intp), ids
-                token, user, read = self._read(int(user_id), ids)
-                self.items.reset(token)
-        new = _decode(self.item_dtypes, Cells.of(read))
-        kept = self.items.put(missed, new)
-        if kept is not None:
-            rows[rows < 0] = kept
-        item_rows = self.items.gather(rows, new).take(inverse)
-        user_rows = _decode(self.user_dtypes, Cells.of([user])).take(np.zeros(len(items), np.intp))
-        out = {**dict(zip(self.columns[USER_KEY], user_rows.columns(self.user_dtypes), strict=True)),
-               **dict(zip(self.columns[ITEM_KEY], item_rows.columns(self.item_dtypes), strict=True))}
-        return {c: out[c] for c in self.dtypes}  # the fill policy's order, as Feast's answer has it
+    def read(self, user_id: int, items: list[int]) -> Read:
+        """Like ``OnlineFeatures.read``, with the store's load token."""
+        token, user, rows = self._read(user_id, items)
+        user_cols = _decode(self.user_dtypes, Cells.of([user])).columns(self.user_dtypes)
+        item_cols = _decode(self.item_dtypes, Cells.of(rows)).columns(self.item_dtypes) if rows else []
+        return Read(token, dict(zip(self.columns[USER_KEY], user_cols, strict=True)),
+                    dict(zip(self.columns[ITEM_KEY], item_cols, strict=False)))  # no items read: none
+
+
+@dataclass(frozen=True)
+class Read:
+    """One online read, unfilled: the user's feature columns (one row) and the items' (a row per item
+    read; no column when none was), int64 ones as nullable Int64, float64 ones with NaN where the store
+    holds no value; and the store's load token (features/store.py; None: a load is running, or the
+    store keeps none)."""
+
+    token: bytes | None
+    user: dict[str, Any]
+    items: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -172,68 +169,11 @@ class Block:
     bits: np.ndarray
     missing: np.ndarray
 
-    def take(self, rows: np.ndarray) -> Block:
-        """These rows, in this order."""
-        return Block(self.bits[rows], self.missing[rows])
-
     def columns(self, dtypes: Sequence[Dtype]) -> list[Any]:
         """One array per column: float64 with NaN, or nullable Int64."""
         bits, missing = self.bits.T.copy(), self.missing.T.copy()  # one copy: each column contiguous
         return [bits[j].view(np.float64) if d == "float64" else pd.arrays.IntegerArray(bits[j], missing[j])
                 for j, d in enumerate(dtypes)]
-
-
-class ItemRows:
-    """Items' decoded rows, by item id, for one load of the store.
-
-    A catalogue's items recur in every user's candidates, while the store changes only when it is
-    loaded: at a hundred candidates, reading and decoding them again was half of a request. The store's
-    load token (features/store.py: removed while a load runs, a new one after it) is read with every
-    request; a new token empties the rows, and without one nothing is kept. Past ``capacity`` items
-    no more are kept until the next load. Rows written to the store by anything but ``features
-    materialize`` (a bare ``feast materialize``) leave the token as it was: they are not seen until the
-    next load.
-    """
-
-    def __init__(self, capacity: int, width: int):
-        self.capacity, self.width = capacity, width
-        self.token: bytes | None = None
-        self.row: dict[int, int] = {}
-        self.block = Block(np.empty((0, width), np.int64), np.empty((0, width), bool))  # grown by doubling
-
-    def find(self, items: list[int]) -> np.ndarray:
-        """Each item's row in ``block``; -1: not kept."""
-        get = self.row.get
-        return np.fromiter((get(i, -1) for i in items), np.intp, len(items))
-
-    def reset(self, token: bytes | None) -> None:
-        """Keep rows of the load ``token`` from now on (None: keep none); the old ones are dropped."""
-        self.token, self.row = token, {}
-
-    def put(self, items: list[int], rows: Block) -> np.ndarray | None:
-        """Keep these items' ``rows`` of the current load; their row numbers, or None if not kept (no
-        token, or no room)."""
-        start, end = len(self.row), len(self.row) + len(items)
-        if self.token is None or end > self.capacity:
-            return None
-        if end > len(self.block.bits):
-            size = min(self.capacity, max(end, 2 * len(self.block.bits), 1024))
-            grown = Block(np.empty((size, self.width), np.int64), np.empty((size, self.width), bool))
-            grown.bits[:start], grown.missing[:start] = self.block.bits[:start], self.block.missing[:start]
-            self.block = grown
-        self.block.bits[start:end], self.block.missing[start:end] = rows.bits, rows.missing
-        self.row.update(zip(items, range(start, end), strict=True))
-        return np.arange(start, end)
-
-    def gather(self, rows: np.ndarray, new: Block) -> Block:
-        """The kept rows ``rows`` (>= 0) and, where -1, the rows of ``new`` in order."""
-        hit = rows >= 0
-        if hit.all():
-            return self.block.take(rows)
-        out = Block(np.empty((len(rows), self.width), np.int64), np.empty((len(rows), self.width), bool))
-        out.bits[hit], out.missing[hit] = self.block.bits[rows[hit]], self.block.missing[rows[hit]]
-        out.bits[~hit], out.missing[~hit] = new.bits, new.missing
-        return out
 
 
 # A ValueProto's first byte (field number << 3 | wire type), for the two types the feature views declare:
@@ -294,38 +234,44 @@ def _decode_proto(values: list[bytes], dtype: Dtype) -> Any:
 
 
 @dataclass(frozen=True)
-class OnlineRows:
-    """The scoring rows of one request.
+class Entities:
+    """A request's rows per entity, filled as the training set fills them.
 
     Attributes:
-        columns: one value per candidate, in the request's order: event_timestamp (datetime64[us],
-            UTC), user_id, item_id, the context, then every feature column filled, as numpy arrays;
-            what the champion encodes (models.preprocess.Columns).
-        unknown_user: the user has no online row in any user view.
-        unknown_items: per candidate, the item has no online row in any item view.
-        seconds: time spent per stage: ``fetch`` (the store call and decoding) and ``fill``.
+        user: one row: event_timestamp (datetime64[us], UTC), user_id, the context, the user's features.
+        items: a row per item read: item_id, the item's features.
+        unknown_items: per item row, the item has no online value in any item view.
+        unknown_user: the user has no online value in any user view.
     """
 
-    columns: dict[str, np.ndarray]
-    unknown_user: bool
+    user: dict[str, Any]
+    items: dict[str, Any]
     unknown_items: np.ndarray
-    seconds: dict[str, float]
+    unknown_user: bool
 
-    @property
-    def frame(self) -> pd.DataFrame:
-        """The columns as the training set lays them out (its dtypes, a tz-aware event_timestamp)."""
-        ts = pd.DatetimeIndex(self.columns["event_timestamp"]).tz_localize("UTC")
-        return pd.DataFrame({**self.columns, "event_timestamp": ts})
+    def frame(self, take: np.ndarray) -> pd.DataFrame:
+        """A row per candidate (``take``: its item's row) as the training set lays them out (its dtypes, a
+        tz-aware event_timestamp)."""
+        user = np.zeros(len(take), np.intp)
+        cols = {**{c: v[user] for c, v in self.user.items()}, **{c: v[take] for c, v in self.items.items()}}
+        return pd.DataFrame({**cols, "event_timestamp": pd.DatetimeIndex(cols["event_timestamp"]).tz_localize("UTC")})
+
+
+def _absent(columns: Mapping[str, Any], n: int) -> np.ndarray:
+    """Per row: no value in any of ``columns`` (read, unfilled)."""
+    out = np.ones(n, bool)
+    for values in columns.values():
+        out &= values.isna() if isinstance(values, ExtensionArray) else np.isnan(values)
+    return out
 
 
 class OnlineFeatures:
     """The online store of ``feast`` serving ``feature_service``, opened once, and the fill policy of
-    its feature tables (re-read by ``refresh`` when the tables are rebuilt). On Redis, up to
-    ``item_cache`` items' rows are kept between requests (``ItemRows``)."""
+    its feature tables (re-read by ``refresh`` when the tables are rebuilt)."""
 
-    def __init__(self, feast: FeastPaths, feature_service: str, item_cache: int = 0):
+    def __init__(self, feast: FeastPaths, feature_service: str):
         require_input(feast.registry, "features apply")
-        self.feast, self.item_cache = feast, item_cache
+        self.feast = feast
         self.store: FeatureStore = store.open_store(feast)
         self.service = self.store.get_feature_service(feature_service)
         self._tables_stamp = self._stamp()
@@ -342,7 +288,7 @@ class OnlineFeatures:
         online = self.feast.online
         if not isinstance(online, RedisOnline):
             return None
-        return RedisReader(online, self.key_of, self.policy.features, self.item_cache)
+        return RedisReader(online, self.key_of, self.policy.features)
 
     def _stamp(self) -> int:
         return (self.feast.tables / TABLES_META).stat().st_mtime_ns
@@ -358,15 +304,19 @@ class OnlineFeatures:
             self.policy, self._tables_stamp = FillPolicy(self.feast.tables), stamp
             self.redis = self._redis_reader()
 
-    def fetch(self, user_id: int, items: Sequence[int]) -> dict[str, pd.api.extensions.ExtensionArray | np.ndarray]:
-        """Every feature column for rows (user_id, item) in one online call: int64 columns as nullable
-        Int64, float64 columns with NaN where the store holds no value."""
+    def columns_of(self, key: str) -> list[str]:
+        """The entity ``key``'s own columns: the key, then its feature columns (the fill policy's order)."""
+        return [key, *(c for c in self.policy.features if self.key_of[c] == key)]
+
+    def read(self, user_id: int, items: list[int]) -> Read:
+        """The user's and ``items``' feature rows (each item once) in one online call: Redis's one round
+        trip (``RedisReader``), else Feast's ``get_online_features``, which reads no load token."""
         if self.redis is not None:
-            return self.redis.fetch(user_id, items)
+            return self.redis.read(user_id, items)
         features = self.policy.features
-        rows = {USER_KEY: [user_id] * len(items), ITEM_KEY: list(items)}
+        rows = {USER_KEY: [user_id] * len(items), ITEM_KEY: items}
         resp = self.store.get_online_features(features=self.service, entity_rows=rows, full_feature_names=True)
-        out: dict[str, Any] = {}
+        out: dict[str, dict[str, Any]] = {USER_KEY: {}, ITEM_KEY: {}}
         for name, vector in zip(resp.proto.metadata.feature_names.val, resp.proto.results, strict=True):
             meta = features.get(name)
             if meta is None:
@@ -377,43 +327,188 @@ class OnlineFeatures:
             if meta.dtype == "int64":
                 there = np.fromiter((v.HasField("int64_val") for v in vector.values), bool, len(items))
                 ints = np.fromiter((v.int64_val for v in vector.values), np.int64, len(items))
-                out[name] = pd.arrays.IntegerArray(ints, ~there)
+                values: Any = pd.arrays.IntegerArray(ints, ~there)
             else:
-                out[name] = np.fromiter((v.double_val if v.HasField("double_val") else np.nan for v in vector.values),
-                                        np.float64, len(items))
-        return out
+                values = np.fromiter((v.double_val if v.HasField("double_val") else np.nan for v in vector.values),
+                                     np.float64, len(items))
+            key = self.key_of[name]
+            out[key][name] = values[:1] if key == USER_KEY else values
+        return Read(None, out[USER_KEY], out[ITEM_KEY])
 
-    def missing(self, n: int) -> dict[str, Any]:
-        """Every feature column of ``n`` rows with no online value (what ``fetch`` returns for unknown
-        entities): a champion's smoke score runs on these without touching the store."""
-        return {c: pd.array([pd.NA] * n, dtype="Int64") if m.dtype == "int64" else np.full(n, np.nan)
+    def absent(self, items: int) -> Read:
+        """What ``read`` returns for an unknown user and ``items`` unknown items, without touching the
+        store: a champion's smoke score runs on it."""
+        cols = {c: pd.array([pd.NA] * (1 if self.key_of[c] == USER_KEY else items), dtype="Int64")
+                if m.dtype == "int64" else np.full(1 if self.key_of[c] == USER_KEY else items, np.nan)
                 for c, m in self.policy.features.items()}
+        return Read(None, {c: v for c, v in cols.items() if self.key_of[c] == USER_KEY},
+                    {c: v for c, v in cols.items() if self.key_of[c] == ITEM_KEY})
 
-    def assemble(self, user_id: int, items: Sequence[int], at: pd.Timestamp, context: Mapping[str, int | float | None],
-                 context_dtypes: Mapping[str, Dtype], feats: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """The training-set columns of a request at ``at`` (tz-aware): its keys, its context (one value
-        for every candidate) and the fetched features ``feats``, filled by the training set's FillPolicy."""
-        n = len(items)
-        micros = np.full(n, pd.Timestamp(at).value // 1000, np.int64)  # Timestamp.value: UTC nanoseconds
-        cols: dict[str, Any] = {"event_timestamp": micros.view("datetime64[us]"),
-                                USER_KEY: np.full(n, user_id, np.int64), ITEM_KEY: np.asarray(items, np.int64)}
+    def entities(self, read: Read, user_id: int, items: Sequence[int], at: pd.Timestamp,
+                 context: Mapping[str, int | float | None], context_dtypes: Mapping[str, Dtype]) -> Entities:
+        """``read`` (of ``user_id`` and ``items``) at ``at`` (tz-aware), filled by the training set's
+        FillPolicy, with the request's keys and context (one value for every candidate)."""
+        micros = pd.Timestamp(at).value // 1000  # Timestamp.value: UTC nanoseconds
+        user, unknown_user = self.user_row(read, user_id, micros, context, context_dtypes)
+        return Entities(user, *self.item_rows(read, items, micros), unknown_user)
+
+    def user_row(self, read: Read, user_id: int, micros: int, context: Mapping[str, int | float | None],
+                 context_dtypes: Mapping[str, Dtype]) -> tuple[dict[str, Any], bool]:
+        """The user's row of ``Entities`` at ``micros`` (int64 microseconds since the epoch), and whether
+        the user is unknown."""
+        at = np.array([micros])
+        row: dict[str, Any] = {"event_timestamp": at.view("datetime64[us]"), USER_KEY: np.array([user_id], np.int64)}
         for col, dtype in context_dtypes.items():
             value = context.get(col)
-            cols[col] = np.full(n, np.nan if value is None else value, np.int64 if dtype == "int64" else np.float64)
-        policy = self.policy  # read once: ``refresh`` may swap it meanwhile
-        cols.update(policy.fill(feats, micros))  # the training set's column order
-        return cols
+            row[col] = np.array([np.nan if value is None else value], np.int64 if dtype == "int64" else np.float64)
+        row.update(self.policy.fill(read.user, at))
+        return row, bool(_absent(read.user, 1)[0])
 
-    def rows(self, user_id: int, items: Sequence[int], at: pd.Timestamp, context: Mapping[str, int | float | None],
-             context_dtypes: Mapping[str, Dtype]) -> OnlineRows:
-        """The scoring rows of a request at time ``at`` (tz-aware): fetched in one call, then assembled."""
+    def item_rows(self, read: Read, items: Sequence[int], micros: int) -> tuple[dict[str, Any], np.ndarray]:
+        """The items' rows of ``Entities`` at ``micros``, and which items are unknown."""
+        at = np.full(len(items), micros)
+        return ({ITEM_KEY: np.asarray(items, np.int64), **self.policy.fill(read.items, at)},
+                _absent(read.items, len(items)))
+
+
+class StoreUnavailable(Exception):
+    """The online store failed a read (the request may be answered 503; the process goes on)."""
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """A request's model inputs, a row per candidate in the request's order.
+
+    Attributes:
+        categorical, numeric: the champion's encoded inputs (models.preprocess.Preprocessor.encode).
+        unknown_user, unknown_items: as in ``Entities``, ``unknown_items`` per candidate.
+        seconds: time per stage: ``fetch`` (the store call and decoding), ``fill`` (fills and encoding).
+    """
+
+    categorical: np.ndarray
+    numeric: np.ndarray
+    unknown_user: bool
+    unknown_items: np.ndarray
+    seconds: dict[str, float]
+
+
+class KeptItems:
+    """Items' rows of arrays by item id, for one key; past ``capacity`` items none are added."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.key: Any = None  # None: keep nothing
+        self.row: dict[int, int] = {}
+        self.arrays: list[np.ndarray] = []  # each grown by doubling
+
+    def find(self, items: list[int]) -> np.ndarray:
+        """Each item's row; -1: not kept."""
+        get = self.row.get
+        return np.fromiter((get(i, -1) for i in items), np.intp, len(items))
+
+    def reset(self, key: Any) -> None:
+        """Keep rows for ``key`` from now on (None: none); the old ones are dropped."""
+        self.key, self.row, self.arrays = key, {}, []
+
+    def put(self, items: list[int], arrays: Sequence[np.ndarray]) -> np.ndarray | None:
+        """Keep these items' rows of ``arrays``; their row numbers, or None if not kept (no key, or no room)."""
+        start, end = len(self.row), len(self.row) + len(items)
+        if self.key is None or end > self.capacity:
+            return None
+        if not self.arrays or end > len(self.arrays[0]):
+            size = min(self.capacity, max(end, 2 * len(self.arrays[0]) if self.arrays else 0, 1024))
+            grown = [np.empty((size, *a.shape[1:]), a.dtype) for a in arrays]
+            for old, new in zip(self.arrays, grown, strict=False):
+                new[:start] = old[:start]
+            self.arrays = grown
+        for kept, new in zip(self.arrays, arrays, strict=True):
+            kept[start:end] = new
+        self.row.update(zip(items, range(start, end), strict=True))
+        return np.arange(start, end)
+
+    def gather(self, rows: np.ndarray, new: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The kept rows ``rows`` (>= 0) and, where -1, the rows of ``new`` in order."""
+        hit = rows >= 0
+        if not hit.any():
+            return list(new)
+        if hit.all():
+            return [a[rows] for a in self.arrays]
+        out = [np.empty((len(rows), *a.shape[1:]), a.dtype) for a in new]
+        for o, a, kept in zip(out, new, self.arrays, strict=True):
+            o[hit], o[~hit] = kept[rows[hit]], a
+        return out
+
+
+class RequestInputs:
+    """One champion's model inputs for live requests, encoded per entity.
+
+    Encoding goes column by column (``Preprocessor.split``): the user's and the context's row is
+    encoded once and broadcast to the candidates, and each distinct item's row once. Items recur in
+    every user's candidates, so up to ``capacity`` items' encoded rows are kept while all they were
+    computed from holds: the store's load (its token: a new one, or none, and they are dropped), the
+    fill policy and the prior in force. At a hundred candidates, reading, filling and encoding the items
+    again was most of a request.
+
+    Raises:
+        ValueError: the champion reads a column that is neither the user's, the context's nor an item's.
+    """
+
+    def __init__(self, preprocessor: Preprocessor, online: OnlineFeatures, context: Sequence[str], capacity: int):
+        self.preprocessor = preprocessor
+        self.user, self.item = preprocessor.split([[*online.columns_of(USER_KEY), *context],
+                                                   online.columns_of(ITEM_KEY)])
+        self.kept = KeptItems(capacity)
+
+    def encode(self, entities: Entities, take: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The (categorical, numeric) inputs of a row per candidate, ``take`` its item's row; nothing kept."""
+        item_cat, item_num = self.item.encoder.encode(entities.items)
+        return self.preprocessor.join(len(take), [(self.user, *self.user.encoder.encode(entities.user)),
+                                                  (self.item, item_cat[take], item_num[take])])
+
+    def __call__(self, online: OnlineFeatures, user_id: int, items: Sequence[int], at: pd.Timestamp,
+                 context: Mapping[str, int | float | None], context_dtypes: Mapping[str, Dtype]) -> Inputs:
+        """The inputs of ``user_id``'s candidate ``items`` at ``at`` (tz-aware) in context.
+
+        Raises:
+            StoreUnavailable: the online read failed.
+        """
         t0 = time.perf_counter()
-        feats = self.fetch(user_id, items)
+        uniq, take = np.unique(np.asarray(items, np.int64), return_inverse=True)
+        ids = uniq.tolist()
+        micros = pd.Timestamp(at).value // 1000  # Timestamp.value: UTC nanoseconds
+        in_force = online.policy.in_force(micros)
+        rows = self.kept.find(ids)
+        missed = [i for i, row in zip(ids, rows.tolist(), strict=True) if row < 0]
+        read = self._read(online, user_id, missed)
+        key = self._key(online, read.token, in_force)
+        if key != self.kept.key:  # kept rows of another load, policy or prior: none of them serve
+            self.kept.reset(key)
+            if len(missed) < len(ids):
+                rows, missed = np.full(len(ids), -1, np.intp), ids
+                read = self._read(online, user_id, ids)
+                self.kept.reset(self._key(online, read.token, in_force))
         t1 = time.perf_counter()
-        columns = self.assemble(user_id, items, at, context, context_dtypes, feats)
-        t2 = time.perf_counter()
-        known = {USER_KEY: np.zeros(len(items), bool), ITEM_KEY: np.zeros(len(items), bool)}
-        for col, values in feats.items():
-            known[self.key_of[col]] |= ~(values.isna() if isinstance(values, ExtensionArray) else np.isnan(values))
-        return OnlineRows(columns, unknown_user=not known[USER_KEY].any(), unknown_items=~known[ITEM_KEY],
-                          seconds={"fetch": t1 - t0, "fill": t2 - t1})
+        user, unknown_user = online.user_row(read, user_id, micros, context, context_dtypes)
+        new: list[np.ndarray] = []
+        if missed:
+            item_rows, unknown = online.item_rows(read, missed, micros)
+            new = [*self.item.encoder.encode(item_rows), unknown]
+            kept = self.kept.put(missed, new)
+            if kept is not None:
+                rows[rows < 0] = kept
+        item_cat, item_num, unknown = (a[take] for a in self.kept.gather(rows, new))
+        cat, num = self.preprocessor.join(len(take), [(self.user, *self.user.encoder.encode(user)),
+                                                      (self.item, item_cat, item_num)])
+        return Inputs(cat, num, unknown_user, unknown, {"fetch": t1 - t0, "fill": time.perf_counter() - t1})
+
+    @staticmethod
+    def _read(online: OnlineFeatures, user_id: int, items: list[int]) -> Read:
+        try:
+            return online.read(user_id, items)
+        except Exception as exc:
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    @staticmethod
+    def _key(online: OnlineFeatures, token: bytes | None, in_force: int) -> Any:
+        """What kept rows depend on (the policy by identity), or None: nothing to keep them for."""
+        return None if token is None else (token, online.policy, in_force)

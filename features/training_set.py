@@ -118,13 +118,19 @@ class FillPolicy:
         filled = self.fill({c: df[c] for c in self.features}, _micros(df["event_timestamp"]))
         return pd.DataFrame({c: filled.get(c, df[c]) for c in df.columns}, index=df.index, copy=False)
 
+    def in_force(self, micros: int) -> int:
+        """Which priors row is in force at ``micros`` (int64 microseconds since the epoch; -1: none yet):
+        the only way a fill depends on time."""
+        return int(np.searchsorted(self._prior_times, micros, side="right")) - 1
+
     def fill(self, columns: Mapping[str, Any], micros: np.ndarray) -> dict[str, Any]:
-        """The feature ``columns`` (arrays or Series of rows stamped ``micros``, int64 microseconds since
-        the epoch) filled: an online request scores these arrays without ever building a frame."""
+        """Feature ``columns`` (all or some of this policy's: arrays or Series of rows stamped ``micros``,
+        int64 microseconds since the epoch) filled: an online request fills its user's and its items'
+        rows apart, and never builds a frame."""
         prior = self._priors_at(micros)
         out: dict[str, Any] = {}
-        for col, m in self.features.items():
-            x = columns[col]
+        for col, x in columns.items():
+            m = self.features[col]
             if m.fill == UNKNOWN:
                 out[col] = column_values(x, np.int64, UNKNOWN_ID)
             elif m.fill == KEEP:

@@ -158,7 +158,8 @@ class ServeConfig(Strict):
     port: int = Field(8000, ge=1, le=65535)
     max_candidates: int = Field(1000, ge=1)  # more items in one request: 413
     reload_seconds: float = Field(5.0, gt=0)  # the champion pointer's poll interval
-    # Item rows kept between requests, per load of a Redis online store (features/online.py ItemRows); 0: none.
+    # Items' encoded rows kept between requests, per load of a Redis online store, prior in force and champion
+    # (features/online.py RequestInputs); 0: none.
     item_cache: int = Field(200_000, ge=0)
 
 

@@ -42,7 +42,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from features.contract import EARLIEST, FUTURE_SLACK, require_input
 from features.engineering import Dtype
-from features.online import OnlineFeatures, context_columns
+from features.online import OnlineFeatures, RequestInputs, StoreUnavailable, context_columns
 from features.store import FeastPaths
 from flows.params import Params, Paths
 from flows.registry import Registry
@@ -138,12 +138,13 @@ class Champion:
 
     version: str
     scorer: OnnxScorer
+    inputs: RequestInputs  # its items' encoded rows kept: a new champion starts without any
 
 
 def _event(event: str, **fields: Any) -> None:
     """One JSON log line."""
-    log.info(json.dumps({"ts": datetime.now(UTC).isoformat(timespec="milliseconds"), "event": event, **fields},
-                        default=str))
+    line = {"ts": datetime.now(UTC).isoformat(timespec="milliseconds"), "event": event, **fields}
+    log.info(orjson.dumps(line, default=str, option=orjson.OPT_SERIALIZE_NUMPY).decode())
 
 
 class Service:
@@ -183,8 +184,8 @@ class Service:
 
     def _open_store(self) -> None:
         try:
-            online = OnlineFeatures(self.feast, self.params.features.feature_service, self.cfg.item_cache)
-            online.fetch(0, [0])  # the first call reads Feast's registry and connects (~0.2 s): not in a request
+            online = OnlineFeatures(self.feast, self.params.features.feature_service)
+            online.read(0, [0])  # the first call reads Feast's registry and connects (~0.2 s): not in a request
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             if error != self._store_error:  # once per distinct cause, not every poll
@@ -238,16 +239,15 @@ class Service:
         if scorer.outputs != self.outputs:
             raise ValueError(f"its outputs {scorer.outputs} are not this service's {self.outputs} (params tasks): "
                              "restart the service with the params it was trained with")
-        cols = scorer.preprocessor.columns
-        served = {"user_id", "item_id", *self.context, *online.policy.features}
-        missing = [c for c in [*cols.categorical, *cols.numeric] if c not in served]
-        if missing:
-            raise ValueError(f"it reads columns this service does not have: {missing}")
+        try:
+            inputs = RequestInputs(scorer.preprocessor, online, list(self.context), self.cfg.item_cache)
+        except ValueError as exc:
+            raise ValueError(f"it reads what this service does not serve ({exc})") from None
         context = {c: 0 if d == "int64" else None for c, d in self.context.items()}
-        smoke = scorer.scores(online.assemble(0, [0], pd.Timestamp.now(UTC), context, self.context, online.missing(1)))
-        if not np.isfinite(smoke).all():
+        unknown = online.entities(online.absent(1), 0, [0], pd.Timestamp.now(UTC), context, self.context)
+        if not np.isfinite(scorer.run(*inputs.encode(unknown, np.zeros(1, np.intp)))).all():
             raise ValueError("it scores an unknown user and item to non-finite values")
-        return Champion(version, scorer)
+        return Champion(version, scorer, inputs)
 
     def poll_until(self, stop: threading.Event) -> None:
         """Poll every ``reload_seconds`` until ``stop`` is set; a failure is logged, never fatal."""
@@ -276,12 +276,12 @@ class Service:
         ctx = body.context
         at = pd.Timestamp(ctx.event_timestamp or datetime.now(UTC)).tz_convert(UTC)
         try:
-            rows = online.rows(body.user_id, items, at, ctx.model_dump(), self.context)
-        except Exception as exc:
-            _event("store_error", error=f"{type(exc).__name__}: {exc}")
-            raise HTTPException(503, f"the online store is unavailable ({type(exc).__name__})") from None
+            rows = champ.inputs(online, body.user_id, items, at, ctx.model_dump(), self.context)
+        except StoreUnavailable as exc:
+            _event("store_error", error=str(exc))
+            raise HTTPException(503, f"the online store is unavailable ({type(exc.__cause__).__name__})") from None
         t0 = time.perf_counter()
-        values = champ.scorer.scores(rows.columns)
+        values = champ.scorer.run(rows.categorical, rows.numeric)
         seconds = {**rows.seconds, "model": time.perf_counter() - t0}
         if not np.isfinite(values).all():
             raise RuntimeError(f"champion {champ.version} scored non-finite values")

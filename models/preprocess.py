@@ -13,7 +13,8 @@ cut-off, a price band) out of ReLUs, so the bucket embedding gives it those step
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,16 @@ def _quantile_edges(x: np.ndarray, k: int) -> list[float]:
     return np.unique(np.quantile(finite, np.linspace(0, 1, k + 1)[1:-1])).tolist()
 
 
+@dataclass(frozen=True)
+class Part:
+    """Some of a preprocessor's columns (``Preprocessor.split``): their encoder, and where its outputs sit
+    in the whole's: ``categorical`` (codes, then buckets) and ``numeric`` positions."""
+
+    encoder: Preprocessor
+    categorical: np.ndarray
+    numeric: np.ndarray
+
+
 class Preprocessor(BaseModel):
     """Fitted encoders. ``vocab[c]`` is the sorted array of kept ids; code = position + 1, OOV = 0."""
 
@@ -182,6 +193,46 @@ class Preprocessor(BaseModel):
     def encode(self, data: pd.DataFrame | Columns) -> tuple[np.ndarray, np.ndarray]:
         """(categorical codes int64 [N, C], standardised numeric float32 [N, F]) of a frame or of Columns."""
         return self.encode_categorical(data), self.encode_numeric(data)
+
+    def split(self, groups: Sequence[Collection[str]]) -> list[Part]:
+        """A Part per group of column names, every input column in exactly one (the first group naming it).
+
+        Encoding goes column by column, so a part encodes its rows as the whole would: rows that share a
+        part's values (a request's user and context, an item in many requests) are encoded once.
+
+        Raises:
+            ValueError: an input column in no group (one line naming them).
+        """
+        cols = self.columns
+        left = [*cols.categorical, *cols.numeric]
+        bucketed = list(self.buckets)
+        parts = []
+        for group in groups:
+            mine = [c for c in left if c in group]
+            left = [c for c in left if c not in group]
+            cat, num = [c for c in cols.categorical if c in mine], [c for c in cols.numeric if c in mine]
+            buckets = [c for c in bucketed if c in mine]
+            encoder = Preprocessor(
+                columns=FeatureColumns(categorical=cat, numeric=num), min_count=self.min_count,
+                vocab={c: self.vocab[c] for c in cat}, mean={c: self.mean[c] for c in num},
+                std={c: self.std[c] for c in num}, log1p=[c for c in self.log1p if c in mine],
+                buckets={c: self.buckets[c] for c in buckets})
+            positions = [cols.categorical.index(c) for c in cat] + [len(cols.categorical) + bucketed.index(c)
+                                                                    for c in buckets]
+            parts.append(Part(encoder, np.array(positions, np.intp), np.array([cols.numeric.index(c) for c in num],
+                                                                               np.intp)))
+        if left:
+            raise ValueError(f"input columns in no part: {left}")
+        return parts
+
+    def join(self, n: int, encoded: Sequence[tuple[Part, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        """The whole's (categorical, numeric) inputs of ``n`` rows from its parts' encodings (``split``),
+        each of ``n`` rows or of one, the same for every row."""
+        cat = np.empty((n, len(self.columns.categorical) + len(self.buckets)), np.int64)
+        num = np.empty((n, len(self.columns.numeric)), np.float32)
+        for part, part_cat, part_num in encoded:
+            cat[:, part.categorical], num[:, part.numeric] = part_cat, part_num
+        return cat, num
 
     def save(self, path: str | Path) -> None:
         write_text(path, self.model_dump_json())

@@ -263,40 +263,56 @@ def test_redis_cells_decode_as_protobuf_reads_them_without_protobuf_for_the_decl
 
 
 @pytest.mark.e2e
-def test_kept_item_rows_serve_the_current_load_only(tmp_path, source, redis_db, params):
-    """features.online.ItemRows: the items' rows kept between requests are read again after a load (a
-    new token), none are kept while the store has no token, and what is served always equals a read
-    without them."""
-    from features.online import ITEM_KEY, OnlineFeatures
+def test_kept_item_codes_serve_the_current_load_and_prior_only(tmp_path, source, redis_db, params):
+    """features.online.RequestInputs: the items' encoded rows kept between requests are read again after a
+    load (a new token) and when another prior is in force, none are kept while the store has no token,
+    and the inputs always equal those of a reader that keeps nothing."""
+    from features.engineering import PRIORS, table_path
+    from features.online import OnlineFeatures, RequestInputs
+    from models.preprocess import Preprocessor, infer_feature_columns
 
     data = _data_dir(tmp_path, source, params, DAYS - 1, redis_db)
     store.materialize(data.paths)
-    service = params.features.feature_service
-    kept, fresh = OnlineFeatures(data.paths, service, item_cache=10_000), OnlineFeatures(data.paths, service)
+    online = OnlineFeatures(data.paths, params.features.feature_service)
     imps = pd.read_parquet(next((tmp_path / "raw").glob("dt=*/impressions.parquet")))
     user, items = int(imps["user_id"].iloc[0]), [int(i) for i in imps["item_id"].unique()[:30]] + [10**9]
+    priors = pd.read_parquet(table_path(data.paths.tables, PRIORS)).sort_values("event_timestamp")["event_timestamp"]
+    at, earlier = priors.iloc[-1] + pd.Timedelta(hours=1), priors.iloc[-3] + pd.Timedelta(hours=1)
+    uniq, take = np.unique(items, return_inverse=True)
+    rows = online.entities(online.read(user, uniq.tolist()), user, uniq.tolist(), at, {}, {}).frame(take)
+    pre = Preprocessor.fit(rows, infer_feature_columns(rows, params.task_graph), min_count=1)
+    kept, fresh = RequestInputs(pre, online, [], 10_000), RequestInputs(pre, online, [], 0)
     reads: list[list[int]] = []
-    read = kept.redis._read
-    kept.redis._read = lambda u, i: reads.append(i) or read(u, i)
+    read = online.read
+    online.read = lambda u, i: reads.append(i) or read(u, i)
 
-    def same(a, b):
-        for col in a:
-            pd.testing.assert_extension_array_equal(pd.array(a[col]), pd.array(b[col]))
+    def same(when=at, some=items):
+        a, b = kept(online, user, some, when, {}, {}), fresh(online, user, some, when, {}, {})
+        for name in ("categorical", "numeric", "unknown_items"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+        return a
 
-    before = kept.fetch(user, items)
-    same(before, fresh.fetch(user, items))
-    assert kept.fetch(user, items[:10]) and reads[-1] == []  # all kept: only the user and the token read
-    item_cols = [c for c in before if kept.redis.columns[ITEM_KEY].count(c)]
+    before = same()
+    assert before.unknown_items.tolist() == [False] * 30 + [True]
+    same(some=items[:10])
+    assert reads[-2] == []  # kept's read: all kept, only the user and the token read
+    same(when=earlier)
+    assert sorted(reads[-2]) == sorted(items)  # another prior in force: read again whole
+    same()
+    same(some=items[:10])
+    assert reads[-2] == []  # kept again for the prior at ``at``
 
     _land(source, tmp_path / "landing", DAYS)  # a new day: the items' aggregates move
     ingest(tmp_path / "landing", tmp_path / "raw", params.task_graph, tmp_path / "quarantine")
     build_feature_tables(tmp_path / "raw", data.paths.tables, params.task_graph, params.features, VIEWS)
     store.materialize(data.paths)
-    after = kept.fetch(user, items)
-    same(after, fresh.fetch(user, items))
-    assert any(not pd.array(before[c]).equals(pd.array(after[c])) for c in item_cols), "no item feature moved"
-    assert sorted(reads[-1]) == sorted(set(items))  # read again whole: the kept rows were of the old load
+    after = same()
+    assert sorted(reads[-2]) == sorted(items)  # read again whole: the kept rows were of the old load
+    moved = kept.item.numeric
+    assert not np.array_equal(before.numeric[:, moved], after.numeric[:, moved]), "no item feature moved"
 
     redis.Redis(host=redis_db.host, port=redis_db.port, db=redis_db.db).delete(store.LOAD_TOKEN)  # a load running
-    same(kept.fetch(user, items), fresh.fetch(user, items))
-    assert kept.redis.items.row == {} and kept.fetch(user, items[:5]) and len(reads[-1]) == 5
+    same()
+    assert kept.kept.key is None and kept.kept.row == {}
+    same(some=items[:5])
+    assert len(reads[-2]) == 5

@@ -130,6 +130,14 @@ def _batch_scores(paths: Paths, params, reqs: list[dict], at: pd.Timestamp) -> p
     return feats.merge(preds, on="impression_id")
 
 
+def _online_rows(online, user_id, items, at, context, context_dtypes):
+    """(a row per candidate as the training set lays them out, the Entities it is made of): the rows a
+    request's inputs are encoded from (features.online.RequestInputs keeps only their encoding)."""
+    uniq, take = np.unique(items, return_inverse=True)
+    ents = online.entities(online.read(user_id, uniq.tolist()), user_id, uniq.tolist(), at, context, context_dtypes)
+    return ents.frame(take), ents
+
+
 def test_online_scores_equal_batch_scores(client, served, store_params):
     at = _after_last_feature_row(served)
     reqs = _requests(served, at)
@@ -151,7 +159,7 @@ def test_online_scores_equal_batch_scores(client, served, store_params):
         got += [{"user_id": r["user_id"], **c} for c in cands]
         # The online rows are the training set's layout and values: the batch rows, column for column.
         ctx = {k: v for k, v in r["context"].items() if k != "event_timestamp"}
-        frame = online.rows(r["user_id"], r["items"], at, ctx, client.app.state.service.context).frame
+        frame = _online_rows(online, r["user_id"], r["items"], at, ctx, client.app.state.service.context)[0]
         expected = batch[batch["user_id"] == r["user_id"]].drop(columns=["impression_id", *outputs])
         assert sorted(frame.columns) == sorted(expected.columns)
         pd.testing.assert_frame_equal(frame, expected[frame.columns].reset_index(drop=True), check_exact=True)
@@ -168,10 +176,10 @@ def test_unknown_entities_get_the_fills_in_force_at_the_request_time(client, ser
     service = client.app.state.service
     priors = pd.read_parquet(served.features / "priors.parquet").sort_values("event_timestamp")
     for at in (priors["event_timestamp"].iloc[3] + pd.Timedelta(hours=5), _after_last_feature_row(served)):
-        rows = service.online.rows(UNKNOWN, [UNKNOWN + 1], at, {"position": 0, "device": 1, "hour": 9},
+        frame, ents = _online_rows(service.online, UNKNOWN, [UNKNOWN + 1], at, {"position": 0, "device": 1, "hour": 9},
                                    service.context)
-        assert rows.unknown_user and rows.unknown_items.tolist() == [True]
-        row = rows.frame.iloc[0]
+        assert ents.unknown_user and ents.unknown_items.tolist() == [True]
+        row = frame.iloc[0]
         in_force = priors[priors["event_timestamp"] <= at].iloc[-1]
         assert row["user_profile__gender"] == row["item_profile__brand"] == -1
         assert np.isnan(row["item_profile__price"]) and row["item_activity__clicks_7d"] == 0.0

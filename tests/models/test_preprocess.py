@@ -1,5 +1,6 @@
 import numpy as np
 import pandas as pd
+import pytest
 from conftest import make_funnel
 
 from models import preprocess
@@ -80,3 +81,36 @@ def test_numeric_buckets_are_train_quantiles_after_the_categorical_codes(tmp_pat
     pre.save(tmp_path / "p.json")
     assert np.array_equal(Preprocessor.load(tmp_path / "p.json").encode_categorical(new), pre.encode_categorical(new))
     assert Preprocessor.fit(train, cols, min_count=1).cardinalities == [4]  # off by default
+
+
+def test_parts_encode_as_the_whole_and_join_back_to_its_layout():
+    """Preprocessor.split: each part encodes its columns as the whole does (buckets and log1p included),
+    so a part's one row (a request's user) broadcast, and another's rows taken, join to the whole's
+    encoding of the full rows; a column in no part is refused."""
+    rng = np.random.default_rng(1)
+    n = 400
+    df = pd.DataFrame({"user_id": rng.integers(0, 40, n), "u": rng.exponential(size=n),
+                       "item_id": rng.integers(0, 30, n), "brand": pd.array(rng.integers(0, 5, n), dtype="Int64"),
+                       "price": rng.normal(size=n),
+                       "hour": rng.integers(0, 24, n)})
+    df.loc[[5, 9], "price"] = np.nan
+    df.loc[[2], "brand"] = pd.NA
+    cols = FeatureColumns(categorical=["user_id", "item_id", "brand", "hour"], numeric=["u", "price"])
+    pre = Preprocessor.fit(df, cols, min_count=2, numeric_buckets=3)
+    user, item = pre.split([["user_id", "u", "hour"], ["item_id", "brand", "price", "user_id"]])
+    assert user.categorical.tolist() == [0, 3, 4] and user.numeric.tolist() == [0]  # u's bucket after the codes
+    assert item.categorical.tolist() == [1, 2, 5] and item.numeric.tolist() == [1]  # user_id: the first part's
+
+    rows = df[df["user_id"] == df["user_id"].iloc[0]].iloc[[0, 0, 0]].copy()  # one user's request
+    rows["item_id"], rows["price"] = [3, 99, 3], [0.5, np.nan, 0.5]
+    rows["brand"] = pd.array([1, pd.NA, 1], dtype="Int64")
+    distinct = rows.iloc[[0, 1]]
+    user_cat, user_num = user.encoder.encode(rows.iloc[:1])
+    item_cat, item_num = item.encoder.encode(distinct)
+    take = np.array([0, 1, 0])
+    cat, num = pre.join(3, [(user, user_cat, user_num), (item, item_cat[take], item_num[take])])
+    whole_cat, whole_num = pre.encode(rows)
+    np.testing.assert_array_equal(cat, whole_cat)
+    np.testing.assert_array_equal(num, whole_num)
+    with pytest.raises(ValueError, match=r"\['brand', 'price'\]"):
+        pre.split([["user_id", "u", "hour"], ["item_id"]])
