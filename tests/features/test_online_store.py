@@ -226,9 +226,11 @@ def test_redis_sh_starts_in_memory_on_a_free_port_and_stops_that_pid(tmp_path, r
     assert redis.Redis(host=host, port=int(session_port)).ping()  # the session's server still runs
 
 
-def test_redis_cells_decode_as_protobuf_reads_them_without_protobuf_for_the_declared_types(monkeypatch):
-    """features.online._decode reads doubles and int64 varints from their bytes; protobuf, the reference,
-    decodes each cell here too. Only the columns holding another type may reach protobuf there."""
+@pytest.mark.parametrize("loop_cells", [10**9, 0], ids=["loop", "numpy"])
+def test_redis_cells_decode_as_protobuf_reads_them_without_protobuf_for_the_declared_types(monkeypatch, loop_cells):
+    """features.online._decode reads doubles and int64 varints from their bytes, cell by cell or all at
+    once in numpy; protobuf, the reference, decodes each cell here too. Only the columns holding another
+    type may reach protobuf there."""
     from feast.protos.feast.types.Value_pb2 import Value
 
     from features import online
@@ -254,7 +256,8 @@ def test_redis_cells_decode_as_protobuf_reads_them_without_protobuf_for_the_decl
     through_protobuf = []
     proto = online._decode_proto
     monkeypatch.setattr(online, "_decode_proto", lambda values, d: through_protobuf.append(d) or proto(values, d))
-    got = online._decode(dtypes, online.Cells.of(rows)).columns(dtypes)
+    monkeypatch.setattr(online, "LOOP_CELLS", loop_cells)
+    got = online._decode(dtypes, rows).columns(dtypes)
     for name, want, have in zip(columns, reference, got, strict=True):
         assert type(have) is type(want), name
         assert pd.array(have).equals(pd.array(want)) or np.array_equal(have, want, equal_nan=True), name
