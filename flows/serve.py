@@ -116,7 +116,8 @@ class Metrics:
                                 registry=reg)
         self.errors = Counter("funnelflow_serve_errors", "Answers with a status >= 400 by route and status",
                               ["route", "status"], registry=reg)
-        self.stages = Histogram("funnelflow_serve_stage_seconds", "Time per stage of /score: fetch, fill, model",
+        self.stages = Histogram("funnelflow_serve_stage_seconds",
+                                "Time per stage of /score: fetch (the store read), fill (fills and encoding), model",
                                 ["stage"], buckets=LATENCY_BUCKETS, registry=reg)
         self.version = Gauge("funnelflow_serve_champion_version", "The champion's version number (v0003: 3; 0: none)",
                              registry=reg)
@@ -276,24 +277,24 @@ class Service:
         ctx = body.context
         at = pd.Timestamp(ctx.event_timestamp or datetime.now(UTC)).tz_convert(UTC)
         try:
-            rows = champ.inputs(online, body.user_id, items, at, ctx.model_dump(), self.context)
+            inputs = champ.inputs(online, body.user_id, items, at, ctx.model_dump(), self.context)
         except StoreUnavailable as exc:
             _event("store_error", error=str(exc))
             raise HTTPException(503, f"the online store is unavailable ({type(exc.__cause__).__name__})") from None
         t0 = time.perf_counter()
-        values = champ.scorer.run(rows.categorical, rows.numeric)
-        seconds = {**rows.seconds, "model": time.perf_counter() - t0}
+        values = champ.scorer.run(inputs.categorical, inputs.numeric)
+        seconds = {**inputs.seconds, "model": time.perf_counter() - t0}
         if not np.isfinite(values).all():
             raise RuntimeError(f"champion {champ.version} scored non-finite values")
         for stage, s in seconds.items():
             self.metrics.stages.labels(stage).observe(s)
         request.state.log = {"user_id": body.user_id, "candidates": len(items), "champion": champ.version,
-                             "unknown_user": rows.unknown_user, "unknown_items": int(rows.unknown_items.sum())}
+                             "unknown_user": inputs.unknown_user, "unknown_items": int(inputs.unknown_items.sum())}
         order = np.argsort(-values[:, self.outputs.index(self.rank_by)], kind="stable")
         ranked = zip(np.asarray(items)[order].tolist(), range(1, len(items) + 1),
-                     rows.unknown_items[order].tolist(), *values[order].T.tolist(), strict=True)
+                     inputs.unknown_items[order].tolist(), *values[order].T.tolist(), strict=True)
         candidates = [dict(zip(self.candidate_keys, row, strict=True)) for row in ranked]
-        answer = {"champion": champ.version, "user_id": body.user_id, "unknown_user": rows.unknown_user,
+        answer = {"champion": champ.version, "user_id": body.user_id, "unknown_user": inputs.unknown_user,
                   "event_timestamp": at.to_pydatetime(), "rank_by": self.rank_by, "candidates": candidates}
         # Encoded here, not through the response model (FastAPI would validate and encode each candidate
         # in Python again); the schema test holds these answers to that model.
