@@ -319,3 +319,31 @@ def test_kept_item_codes_serve_the_current_load_and_prior_only(tmp_path, source,
     assert kept.kept.key is None and kept.kept.row == {}
     same(some=items[:5])
     assert len(reads[-2]) == 5
+
+
+def test_kept_items_stop_growing_at_capacity_and_serve_kept_and_new_rows_together():
+    """features.online.KeptItems: rows are kept up to ``capacity`` items; past it a request's new rows are
+    served beside the kept ones without being kept; no key keeps nothing; a reset drops every row."""
+    from features.online import KeptItems
+
+    kept = KeptItems(capacity=3)
+    codes = {i: np.array([[10 * i, 10 * i + 1]]) for i in range(1, 8)}  # an item's encoded row
+
+    def request(items: list[int]) -> np.ndarray:
+        rows = kept.find(items)
+        missed = [i for i, r in zip(items, rows.tolist(), strict=True) if r < 0]
+        new = [np.concatenate([codes[i] for i in missed])] if missed else []
+        put = kept.put(missed, new) if missed else None
+        if put is not None:
+            rows[rows < 0] = put
+        return kept.gather(rows, new)[0]
+
+    assert kept.put([1], [codes[1]]) is None and kept.row == {}  # no key yet
+    kept.reset("load-1")
+    np.testing.assert_array_equal(request([1, 2]), np.concatenate([codes[1], codes[2]]))
+    assert sorted(kept.row) == [1, 2]
+    np.testing.assert_array_equal(request([3, 1, 4]), np.concatenate([codes[3], codes[1], codes[4]]))
+    assert sorted(kept.row) == [1, 2]  # 3 and 4 would pass the capacity of 3: served, not kept
+    np.testing.assert_array_equal(request([2, 1]), np.concatenate([codes[2], codes[1]]))
+    kept.reset("load-2")
+    assert kept.row == {} and kept.find([1, 2]).tolist() == [-1, -1]
