@@ -85,7 +85,8 @@ def _block(data: pd.DataFrame | Columns, names: list[str], dtype: type, na: floa
     """``names`` as one [N, len(names)] ``dtype`` array, missing values as ``na``: one block conversion
     per dtype for a frame (column by column costs ~30 µs per column there), a copy per column otherwise."""
     if isinstance(data, pd.DataFrame):
-        return data[names].to_numpy(dtype, na_value=na)
+        # copy=True: under pandas 3's copy-on-write the block may be a read-only view (encode writes into it)
+        return data[names].to_numpy(dtype, na_value=na, copy=True)
     out: np.ndarray = np.empty((_length(data), len(names)), dtype)
     for j, c in enumerate(names):
         out[:, j] = column_values(data[c], dtype, na)

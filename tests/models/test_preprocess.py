@@ -114,3 +114,14 @@ def test_parts_encode_as_the_whole_and_join_back_to_its_layout():
     np.testing.assert_array_equal(num, whole_num)
     with pytest.raises(ValueError, match=r"\['brand', 'price'\]"):
         pre.split([["user_id", "u", "hour"], ["item_id"]])
+
+
+def test_frames_encode_under_copy_on_write():
+    """pandas 3 makes copy-on-write the default: a frame's block may come back read-only, and encoding
+    writes into it (log1p in place). Seen on the GPU machine's pandas 3.0.6; here pandas 2 is told to."""
+    df = pd.DataFrame({"x": [0.0, 9.0, 99.0], "y": [-1.0, 0.0, 1.0]})
+    with pd.option_context("mode.copy_on_write", True):
+        pre = Preprocessor.fit(df, FeatureColumns(categorical=[], numeric=["x", "y"]))
+        _, num = pre.encode(df)
+    assert pre.log1p == ["x"] and np.isfinite(num).all()
+    assert df["x"].tolist() == [0.0, 9.0, 99.0]  # the frame is left as it was
