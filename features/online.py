@@ -355,11 +355,12 @@ class OnlineFeatures:
     def absent(self, items: int) -> Read:
         """What ``read`` returns for an unknown user and ``items`` unknown items, without touching the
         store: a champion's smoke score runs on it."""
-        cols = {c: pd.array([pd.NA] * (1 if self.key_of[c] == USER_KEY else items), dtype="Int64")
-                if m.dtype == "int64" else np.full(1 if self.key_of[c] == USER_KEY else items, np.nan)
-                for c, m in self.policy.features.items()}
-        return Read(None, {c: v for c, v in cols.items() if self.key_of[c] == USER_KEY},
-                    {c: v for c, v in cols.items() if self.key_of[c] == ITEM_KEY})
+        rows = {USER_KEY: 1, ITEM_KEY: items}
+        cols: dict[str, dict[str, Any]] = {USER_KEY: {}, ITEM_KEY: {}}
+        for c, m in self.policy.features.items():
+            n = rows[self.key_of[c]]
+            cols[self.key_of[c]][c] = pd.array([pd.NA] * n, dtype="Int64") if m.dtype == "int64" else np.full(n, np.nan)
+        return Read(None, cols[USER_KEY], cols[ITEM_KEY])
 
     def entities(self, read: Read, user_id: int, items: Sequence[int], at: pd.Timestamp,
                  context: Mapping[str, int | float | None], context_dtypes: Mapping[str, Dtype]) -> Entities:
@@ -479,8 +480,13 @@ class RequestInputs:
     def encode(self, entities: Entities, take: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The (categorical, numeric) inputs of a row per candidate, ``take`` its item's row; nothing kept."""
         item_cat, item_num = self.item.encoder.encode(entities.items)
-        return self.preprocessor.join(len(take), [(self.user, *self.user.encoder.encode(entities.user)),
-                                                  (self.item, item_cat[take], item_num[take])])
+        return self._join(entities.user, item_cat[take], item_num[take])
+
+    def _join(self, user: Mapping[str, Any], item_cat: np.ndarray, item_num: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """The whole inputs of the candidates' encoded item rows and the user's row, encoded here once."""
+        return self.preprocessor.join(len(item_cat), [(self.user, *self.user.encoder.encode(user)),
+                                                      (self.item, item_cat, item_num)])
 
     def __call__(self, online: OnlineFeatures, user_id: int, items: Sequence[int], at: pd.Timestamp,
                  context: Mapping[str, int | float | None], context_dtypes: Mapping[str, Dtype]) -> Inputs:
@@ -514,8 +520,7 @@ class RequestInputs:
             if kept is not None:
                 rows[rows < 0] = kept
         item_cat, item_num, unknown = (a[take] for a in self.kept.gather(rows, new))
-        cat, num = self.preprocessor.join(len(take), [(self.user, *self.user.encoder.encode(user)),
-                                                      (self.item, item_cat, item_num)])
+        cat, num = self._join(user, item_cat, item_num)
         return Inputs(cat, num, unknown_user, unknown, {"fetch": t1 - t0, "fill": time.perf_counter() - t1})
 
     @staticmethod
