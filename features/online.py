@@ -128,22 +128,25 @@ return out"""
     def read(self, user_id: int, items: list[int]) -> Read:
         """Like ``OnlineFeatures.read``, with the store's load token."""
         token, user, rows = self._read(user_id, items)
-        user_cols = _decode(self.user_dtypes, [user]).columns(self.user_dtypes)
-        item_cols = _decode(self.item_dtypes, rows).columns(self.item_dtypes) if rows else []
-        return Read(token, dict(zip(self.columns[USER_KEY], user_cols, strict=True)),
-                    dict(zip(self.columns[ITEM_KEY], item_cols, strict=False)))  # no items read: none
+        user_block, item_block = _decode(self.user_dtypes, [user]), _decode(self.item_dtypes, rows)
+        item_cols = item_block.columns(self.item_dtypes) if rows else []
+        return Read(token, dict(zip(self.columns[USER_KEY], user_block.columns(self.user_dtypes), strict=True)),
+                    dict(zip(self.columns[ITEM_KEY], item_cols, strict=False)),  # no items read: none
+                    bool(user_block.absent()[0]), item_block.absent())
 
 
 @dataclass(frozen=True)
 class Read:
     """One online read, unfilled: the user's feature columns (one row) and the items' (a row per item
-    read; no column when none was), int64 ones as nullable Int64, float64 ones with NaN where the store
-    holds no value; and the store's load token (features/store.py; None: a load is running, or the
-    store keeps none)."""
+    read; no column when none was), int64 ones as int64 or, where the store holds no value, nullable
+    Int64, float64 ones with NaN there; the store's load token (features/store.py; None: a load is
+    running, or the store keeps none); whether the user, and each item read, has no value at all."""
 
     token: bytes | None
     user: dict[str, Any]
     items: dict[str, Any]
+    unknown_user: bool
+    unknown_items: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -155,10 +158,16 @@ class Block:
     missing: np.ndarray
 
     def columns(self, dtypes: Sequence[Dtype]) -> list[Any]:
-        """One array per column: float64 with NaN, or nullable Int64."""
+        """One array per column: float64 with NaN; int64, or nullable Int64 where a value is missing."""
         bits, missing = self.bits.T.copy(), self.missing.T.copy()  # one copy: each column contiguous
-        return [bits[j].view(np.float64) if d == "float64" else pd.arrays.IntegerArray(bits[j], missing[j])
+        holes: list[bool] = np.logical_or.reduce(missing, axis=1).tolist()
+        return [bits[j].view(np.float64) if d == "float64" else
+                pd.arrays.IntegerArray(bits[j], missing[j]) if holes[j] else bits[j]
                 for j, d in enumerate(dtypes)]
+
+    def absent(self) -> np.ndarray:
+        """Per row: no value in any column."""
+        return np.logical_and.reduce(self.missing, axis=1)
 
 
 # A ValueProto's first byte (field number << 3 | wire type), for the two types the feature views declare:
@@ -350,7 +359,8 @@ class OnlineFeatures:
                                      np.float64, len(items))
             key = self.key_of[name]
             out[key][name] = values[:1] if key == USER_KEY else values
-        return Read(None, out[USER_KEY], out[ITEM_KEY])
+        return Read(None, out[USER_KEY], out[ITEM_KEY], bool(_absent(out[USER_KEY], 1)[0]),
+                    _absent(out[ITEM_KEY], len(items)))
 
     def absent(self, items: int) -> Read:
         """What ``read`` returns for an unknown user and ``items`` unknown items, without touching the
@@ -360,7 +370,7 @@ class OnlineFeatures:
         for c, m in self.policy.features.items():
             n = rows[self.key_of[c]]
             cols[self.key_of[c]][c] = pd.array([pd.NA] * n, dtype="Int64") if m.dtype == "int64" else np.full(n, np.nan)
-        return Read(None, cols[USER_KEY], cols[ITEM_KEY])
+        return Read(None, cols[USER_KEY], cols[ITEM_KEY], True, np.ones(items, bool))
 
     def entities(self, read: Read, user_id: int, items: Sequence[int], at: pd.Timestamp,
                  context: Mapping[str, int | float | None], context_dtypes: Mapping[str, Dtype]) -> Entities:
@@ -380,13 +390,12 @@ class OnlineFeatures:
             value = context.get(col)
             row[col] = np.array([np.nan if value is None else value], np.int64 if dtype == "int64" else np.float64)
         row.update(self.policy.fill(read.user, at))
-        return row, bool(_absent(read.user, 1)[0])
+        return row, read.unknown_user
 
     def item_rows(self, read: Read, items: Sequence[int], micros: int) -> tuple[dict[str, Any], np.ndarray]:
         """The items' rows of ``Entities`` at ``micros``, and which items are unknown."""
         at = np.full(len(items), micros)
-        return ({ITEM_KEY: np.asarray(items, np.int64), **self.policy.fill(read.items, at)},
-                _absent(read.items, len(items)))
+        return {ITEM_KEY: np.asarray(items, np.int64), **self.policy.fill(read.items, at)}, read.unknown_items
 
 
 class StoreUnavailable(Exception):
