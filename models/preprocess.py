@@ -55,6 +55,9 @@ def infer_feature_columns(df: pd.DataFrame, tasks: TaskGraph) -> FeatureColumns:
 
 
 ENCODE_CHUNK_ROWS = 65_536
+# Up to this many rows, ids are looked up cell by cell (~2 µs each) rather than column by column in numpy
+# (~6 array operations, ~8 µs, per column): a live request's user row, 17 vs 82 µs over 9 columns.
+CELL_ROWS = 4
 
 Columns = Mapping[str, Any]
 """A live request's input columns by name, without a frame: numpy arrays or pandas (nullable) arrays,
@@ -91,6 +94,12 @@ def _block(data: pd.DataFrame | Columns, names: list[str], dtype: type, na: floa
     for j, c in enumerate(names):
         out[:, j] = column_values(data[c], dtype, na)
     return out
+
+
+def _code(vocab: np.ndarray, value: int) -> int:
+    """One id's code in a sorted vocabulary: its position + 1, or 0 (OOV)."""
+    pos = int(vocab.searchsorted(value))
+    return pos + 1 if pos < len(vocab) and vocab[pos] == value else 0
 
 
 def _quantile_edges(x: np.ndarray, k: int) -> list[float]:
@@ -171,10 +180,14 @@ class Preprocessor(BaseModel):
         for a, chunk in _row_chunks(data):
             # a missing id (nullable Int64) -> a value no vocabulary holds -> OOV
             x = _block(chunk, self.columns.categorical, np.int64, -(2**62))
-            for j, v in enumerate(self._arrays[0]):
-                if len(v):
-                    pos = np.minimum(np.searchsorted(v, x[:, j]), len(v) - 1)
-                    out[a:a + len(x), j] = np.where(v[pos] == x[:, j], pos + 1, 0)
+            if len(x) <= CELL_ROWS:
+                for r, row in enumerate(x.tolist(), start=a):
+                    out[r, :n_cat] = [_code(v, i) for v, i in zip(self._arrays[0], row, strict=True)]
+            else:
+                for j, v in enumerate(self._arrays[0]):
+                    if len(v):
+                        pos = np.minimum(np.searchsorted(v, x[:, j]), len(v) - 1)
+                        out[a:a + len(x), j] = np.where(v[pos] == x[:, j], pos + 1, 0)
             for j, (c, edges) in enumerate(zip(self.buckets, self._arrays[4], strict=True), start=n_cat):
                 x_num = column_values(chunk[c], np.float64, np.nan)
                 code = np.searchsorted(edges, x_num, side="right") + 1
@@ -188,7 +201,9 @@ class Preprocessor(BaseModel):
             x = _block(chunk, self.columns.numeric, np.float64, np.nan)
             if logged.any():  # clip at 0 first: a negative value never seen on train must not give NaN
                 x[:, logged] = np.log1p(np.maximum(x[:, logged], 0.0))
-            out[a:a + len(x)] = np.nan_to_num((x - mean) / std, nan=0.0, posinf=0.0, neginf=0.0)  # NaN -> mean
+            z = (x - mean) / std
+            np.copyto(z, 0.0, where=~np.isfinite(z))  # NaN -> the mean; +-inf too (nan_to_num: 10 µs more per call)
+            out[a:a + len(x)] = z
         return out
 
     def encode(self, data: pd.DataFrame | Columns) -> tuple[np.ndarray, np.ndarray]:

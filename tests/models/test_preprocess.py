@@ -49,6 +49,27 @@ def test_chunked_encoding_equals_one_block(monkeypatch):
     assert pre.log1p == ["x"] and num.dtype == np.float32
 
 
+def test_a_few_rows_encode_cell_by_cell_as_many_rows_do():
+    """Up to CELL_ROWS rows (a live request's user row) ids are looked up cell by cell, past it column by
+    column in numpy: each row alone encodes as it does among many, at and around the vocabulary's ends,
+    missing (NA), at the int64 limits, with an empty vocabulary, and with +-inf numeric values (-> 0)."""
+    train = pd.DataFrame({"a": np.array([5, 5, 9, 9, 20, 20], np.int64), "b": np.array([1, 2, 3, 4, 5, 6], np.int64),
+                          "x": [-1.0, 0.0, 1.0, 2.0, 3.0, 4.0]})
+    pre = Preprocessor.fit(train, FeatureColumns(categorical=["a", "b"], numeric=["x"]), min_count=2)
+    assert pre.vocab == {"a": [5, 9, 20], "b": []}
+    a = [4, 5, 6, 9, 19, 20, 21, -(2**63), 2**63 - 1, None]
+    rows = {"a": pd.array(a, dtype="Int64"), "b": np.arange(len(a), dtype=np.int64),
+            "x": np.array([np.inf, -np.inf, np.nan, 1.0, 2.0, 0.0, -1.0, 4.0, 3.0, 0.5])}
+    whole_cat, whole_num = pre.encode(rows)
+    assert whole_cat[:, 0].tolist() == [0, 1, 0, 2, 0, 3, 0, 0, 0, 0] and not whole_cat[:, 1].any()
+    assert whole_num[:3, 0].tolist() == [0.0, 0.0, 0.0]
+    for r in range(len(a)):
+        cat, num = pre.encode({c: v[r:r + 1] for c, v in rows.items()})
+        np.testing.assert_array_equal(cat, whole_cat[r:r + 1])
+        np.testing.assert_array_equal(num, whole_num[r:r + 1])
+    assert len(a) > preprocess.CELL_ROWS  # the whole went through numpy
+
+
 def test_non_negative_columns_are_log1p_then_standardised():
     train = pd.DataFrame({"x": [0.0, 9.0, 99.0, 999.0], "y": [-1.0, 0.0, 1.0, 2.0]})
     pre = Preprocessor.fit(train, FeatureColumns(categorical=[], numeric=["x", "y"]))
