@@ -315,11 +315,16 @@ def test_kept_item_codes_serve_the_current_load_and_prior_only(tmp_path, source,
     moved = kept.item.numeric
     assert not np.array_equal(before.numeric[:, moved], after.numeric[:, moved]), "no item feature moved"
 
-    redis.Redis(host=redis_db.host, port=redis_db.port, db=redis_db.db).delete(store.LOAD_TOKEN)  # a load running
+    client = redis.Redis(host=redis_db.host, port=redis_db.port, db=redis_db.db)
+    client.delete(store.LOAD_TOKEN)  # a load running
     same()
     assert kept.kept.key is None and kept.kept.row == {}
     same(some=items[:5])
     assert len(reads[-2]) == 5
+
+    client.script_flush()  # a restarted server holds no script: the reader loads it again
+    same(some=items[:5])
+    assert client.script_exists(online.redis.script.sha) == [True]
 
 
 def test_kept_items_stop_growing_at_capacity_and_serve_kept_and_new_rows_together():
