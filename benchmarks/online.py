@@ -406,6 +406,11 @@ def run(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- report
+def _runs(rows: list[dict[str, Any]]) -> int:
+    """How many times each cell was measured (``--repeats``)."""
+    return max((r["run"] for r in rows), default=1)
+
+
 def _run(row: dict[str, Any], runs: int) -> str:
     return f" (run {row['run']})" if runs > 1 else ""
 
@@ -418,7 +423,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     """One line per store x candidates x server. p50/p99 are client-side; ``server mean ms`` and the stage
     shares are funnelflow's own /score time (its /metrics), so the gap to p50 is HTTP on both ends. A
     ``run`` column when a cell was measured more than once (``--repeats``)."""
-    runs = max(r["run"] for r in rows) > 1 if rows else False
+    runs = _runs(rows) > 1
     lines = [f"| store | candidates | {'run | ' if runs else ''}server | p50 ms | p99 ms | req/s | errors | "
              "server mean ms | fetch | fill | model | rest |",
              f"|---|---:|{'---:|' if runs else ''}---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -436,7 +441,7 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
     """The issue's two targets, measured: Redis 1 x 100 p99 (met only if met in every run), and each whole
     score against Feast's fetch in the same run."""
     out = []
-    runs = max((r["run"] for r in rows), default=1)
+    runs = _runs(rows)
     by = {(r["store"], r["candidates"], r["server"], r["run"]): r for r in rows}
     p99s = [r["p99"] for r in rows if (r["store"], r["candidates"], r["server"]) == ("redis", TARGET_CANDIDATES,
                                                                                        SERVERS[0])]
